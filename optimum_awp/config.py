@@ -45,8 +45,9 @@ class AWPConfig(QuantizationConfigMixin):
         bits: 4 for INT4 weights, or None to keep floating-point values.
         group_size: inputs sharing one INT4 scale (32, 64, 128, 256), or -1 for one scale per row.
         symmetric: symmetric INT4 grid (keeps pruned weights exactly zero in every kernel).
-        dataset: calibration text: a source name ("wikipedia-gensim", "wikitext2", "c4"), a text file
-            path, or a list of strings. Not saved.
+        dataset: calibration data: a source name ("wikipedia-gensim", "wikitext2", "c4"), a text file
+            path, a list of strings, or token ids (an integer tensor of shape (nsamples, seqlen) or a list
+            of lists of ints). Not saved.
         tokenizer: tokenizer used to cut calibration samples. Not saved.
         nsamples: number of calibration sequences.
         seqlen: tokens per calibration sequence.
@@ -66,8 +67,8 @@ class AWPConfig(QuantizationConfigMixin):
     bits: int | None = None
     group_size: int = 128
     symmetric: bool = True
-    dataset: str | list[str] | None = "wikipedia-gensim"
-    tokenizer: Any = None
+    dataset: Any = field(default="wikipedia-gensim", repr=False)
+    tokenizer: Any = field(default=None, repr=False)
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
@@ -87,8 +88,9 @@ class AWPConfig(QuantizationConfigMixin):
         _check(self.bits in BITS, "bits", self.bits, f"one of {BITS}")
         _check(self.group_size in GROUP_SIZES, "group_size", self.group_size, f"one of {GROUP_SIZES}")
         _check(isinstance(self.symmetric, bool), "symmetric", self.symmetric, "a bool")
-        _check(self.sparsity is not None or self.bits is not None, "sparsity", self.sparsity,
-               "set (a float or 'N:M') when bits is None: nothing would be compressed")
+        _check(self.sparsity not in (None, 0) or self.bits is not None, "sparsity", self.sparsity,
+               "set (a float > 0 or 'N:M') when bits is None: nothing would be compressed")
+        self._check_dataset()
         _check(_is_int(self.nsamples) and self.nsamples > 0, "nsamples", self.nsamples, "a positive int")
         _check(_is_int(self.seqlen) and self.seqlen > 1, "seqlen", self.seqlen, "an int > 1")
         _check(_is_int(self.seed), "seed", self.seed, "an int")
@@ -105,8 +107,31 @@ class AWPConfig(QuantizationConfigMixin):
                and all(isinstance(m, str) for m in self.modules_to_not_convert),
                "modules_to_not_convert", self.modules_to_not_convert, "a list of module names")
         self.modules_to_not_convert = list(self.modules_to_not_convert)
+        _check(self.compressed_modules is None or (
+            isinstance(self.compressed_modules, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.compressed_modules.items())),
+            "compressed_modules", self.compressed_modules, "None or a dict {module name: format name}")
         _check(self.format_version == FORMAT_VERSION, "format_version", self.format_version,
                f"{FORMAT_VERSION} (this optimum-awp reads format version {FORMAT_VERSION} only)")
+
+    def _check_dataset(self) -> None:
+        value = self.dataset
+        if value is None:
+            return
+        if isinstance(value, str):
+            _check(bool(value.strip()), "dataset", value, "a non-empty source name or path")
+            return
+        if hasattr(value, "dim") and hasattr(value, "is_floating_point"):  # a tensor of token ids
+            ok = value.dim() == 2 and not value.is_floating_point() and value.numel() > 0
+            _check(ok, "dataset", f"tensor{tuple(value.shape)} {value.dtype}",
+                   "an integer tensor of token ids with shape (nsamples, seqlen)")
+            return
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and (
+            all(isinstance(v, str) for v in value)
+            or all(isinstance(v, (list, tuple)) and v and all(_is_int(t) for t in v) for v in value))
+        _check(ok, "dataset", value if not isinstance(value, (list, tuple)) else f"{type(value).__name__} of "
+               f"{len(value)} items", "a source name, a path, a non-empty list of strings, or token ids "
+               "(an integer tensor (nsamples, seqlen) or a list of lists of ints)")
 
     def _check_sparsity(self) -> None:
         value = self.sparsity
@@ -119,6 +144,21 @@ class AWPConfig(QuantizationConfigMixin):
             return
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
                "sparsity", value, "a float in [0, 1) or an 'N:M' string such as '2:4'")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs):
+        """Rebuild a config from ``config.json``'s ``quantization_config``; unknown keys are refused.
+
+        A checkpoint written by a newer optimum-awp (another ``format_version`` or fields this version does
+        not know) fails here with a message naming them, instead of loading into a wrong model.
+        """
+        unknown = sorted(set(config_dict) - set(SAVED_FIELDS) - {"dataset", "tokenizer"})
+        if unknown:
+            raise ValueError(
+                f"AWPConfig got unknown fields {unknown}; known fields: {list(SAVED_FIELDS)}. The checkpoint was "
+                "probably written by another optimum-awp version: upgrade optimum-awp to read it."
+            )
+        return super().from_dict(dict(config_dict), return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-safe allowlist written to config.json (no dataset, no tokenizer)."""
