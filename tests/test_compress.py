@@ -1,0 +1,199 @@
+"""compress(): validation before work, the block walk with a solver, modules left dense, the report."""
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+import optimum_awp.compress as compress_module
+from optimum_awp.compress import compress, is_excluded, solver_options, spec_from_config
+from optimum_awp.config import AWPConfig
+from optimum_awp.solvers import SOLVERS, CompressionSpec, LayerStats, SolverResult, relative_objective
+
+LINEARS_PER_BLOCK = 7
+
+
+def tiny_llama(hidden: int = 128, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gemma3() -> Gemma3ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=64, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=64)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def token_ids(n: int = 4, seqlen: int = 16) -> torch.Tensor:
+    return torch.randint(0, 128, (n, seqlen), generator=torch.Generator().manual_seed(1))
+
+
+def row_topk(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, *, damping: float = 0.01) -> SolverResult:
+    """A small Wanda-like solver: keep the largest |W_ij| sqrt(C_jj) of each row (unstructured only)."""
+    if spec.pattern is not None or spec.bits is not None:
+        raise ValueError("row_topk supports unstructured sparsity only.")
+    row_topk.calls.append({"damping": damping, "dtype": stats.covariance.dtype})
+    score = weight.abs() * stats.covariance.diagonal().sqrt()
+    keep = score.topk(weight.shape[1] - int(spec.sparsity * weight.shape[1]), dim=1).indices
+    mask = torch.zeros_like(weight, dtype=torch.bool).scatter(1, keep, True)
+    theta = weight * mask
+    return SolverResult(weight=theta, mask=mask, objective=relative_objective(weight, theta, stats.covariance))
+
+
+row_topk.calls = []
+
+
+@pytest.fixture
+def solver(monkeypatch):
+    """Register row_topk as "wanda" for the duration of a test, whatever the solvers package holds."""
+    row_topk.calls.clear()
+    monkeypatch.setitem(SOLVERS, "wanda", row_topk)
+    return row_topk
+
+
+def test_compress_prunes_every_block_linear_and_reports(solver):
+    model = tiny_llama()
+    embed, head = model.model.embed_tokens.weight.clone(), model.lm_head.weight.clone()
+    config = AWPConfig(method="wanda", sparsity=0.5, max_iterations=7, damping=0.05)
+    report = compress(model, config, token_ids(), progress=False, pack=False)
+    assert len(report.layers) == 2 * LINEARS_PER_BLOCK
+    assert report.nsamples == 4 and report.seqlen == 16
+    for layer in report.layers:
+        weight = model.get_submodule(layer.name).weight
+        assert (weight == 0).sum(dim=1).eq(weight.shape[1] // 2).all(), layer.name
+        assert 0 < layer.objective < 1 and layer.seconds >= 0
+    assert 0 < report.mean_objective < 1
+    assert report.to_dict()["mean_objective"] == report.mean_objective
+    assert torch.equal(model.model.embed_tokens.weight, embed) and torch.equal(model.lm_head.weight, head)
+    # Only the options the solver names are passed; max_iterations is not one of them.
+    assert solver.calls[-1] == {"damping": 0.05, "dtype": torch.float32}
+    assert config.compressed_modules == {}
+    with torch.no_grad():
+        assert torch.isfinite(model(token_ids()).logits).all()
+
+
+def test_compress_matches_walk_with_float64_and_batches(solver):
+    a, b = tiny_llama(), tiny_llama()
+    config = AWPConfig(method="wanda", sparsity=0.5)
+    compress(a, config, token_ids(), progress=False, pack=False, batch_size=1, stats_dtype=torch.float64)
+    compress(b, config, token_ids(), progress=False, pack=False, batch_size=4, stats_dtype=torch.float64)
+    assert solver.calls[-1]["dtype"] == torch.float64
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_compress_gemma3_sliding_and_full_layers(solver):
+    model = tiny_gemma3()
+    report = compress(model, AWPConfig(method="wanda", sparsity=0.6), token_ids(seqlen=24), progress=False, pack=False)
+    assert len(report.layers) == 4 * LINEARS_PER_BLOCK
+    assert all(0 < layer.objective < 1 for layer in report.layers)
+    with torch.no_grad():
+        assert torch.isfinite(model(token_ids()).logits).all()
+
+
+def test_modules_to_not_convert_stay_dense(solver):
+    model = tiny_llama()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    config = AWPConfig(method="wanda", sparsity=0.5, modules_to_not_convert=["lm_head", "mlp.down_proj", "model.layers.1.self_attn"])
+    report = compress(model, config, token_ids(), progress=False, pack=False)
+    names = {layer.name for layer in report.layers}
+    assert "model.layers.0.mlp.down_proj" in report.skipped and "model.layers.1.self_attn.q_proj" in report.skipped
+    assert names == {"model.layers.0.self_attn." + p for p in ("q_proj", "k_proj", "v_proj", "o_proj")} | {
+        "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.gate_proj",
+        "model.layers.1.mlp.up_proj"}
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == (name.removesuffix(".weight") not in names), name
+
+
+def test_is_excluded_matches_whole_dotted_components():
+    assert is_excluded("lm_head", ["lm_head"])
+    assert is_excluded("model.layers.3.mlp.down_proj", ["down_proj"])
+    assert is_excluded("model.layers.3.mlp.down_proj", ["model.layers.3"])
+    assert not is_excluded("model.layers.13.mlp.down_proj", ["model.layers.1"])
+    assert not is_excluded("model.layers.3.mlp.down_proj_x", ["down_proj"])
+
+
+class _NoWork(Exception):
+    pass
+
+
+@pytest.fixture
+def no_capture(monkeypatch):
+    """Fail the test if compress() reaches the (expensive) capture pass."""
+    def refuse(*args, **kwargs):
+        raise _NoWork
+
+    monkeypatch.setattr(compress_module, "capture_block_inputs", refuse)
+
+
+def test_error_names_module_with_indivisible_shape_before_work(solver, no_capture):
+    model = tiny_llama(hidden=96)  # 96 is not a multiple of group_size 64 (nor of 128 ...)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*group_size=64"):
+        compress(model, AWPConfig(method="wanda", sparsity=0.5, bits=4, group_size=64), token_ids(), progress=False, pack=False)
+    with pytest.raises(ValueError, match="divisible by M=12"):
+        compress(tiny_llama(), AWPConfig(method="wanda", sparsity="3:12"), token_ids(), progress=False,
+                 pack=False)
+
+
+def test_errors_before_work(solver, no_capture, monkeypatch):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="cannot compress"):  # the solver refuses N:M: probed first
+        compress(model, AWPConfig(method="wanda", sparsity="2:4"), token_ids(), progress=False, pack=False)
+    monkeypatch.delitem(SOLVERS, "awq", raising=False)
+    with pytest.raises(ValueError, match="Unknown method 'awq'"):
+        compress(model, AWPConfig(method="awq", bits=4), token_ids(), progress=False, pack=False)
+    with pytest.raises(ValueError, match="integer token ids"):
+        compress(model, AWPConfig(method="wanda", sparsity=0.5), torch.rand(4, 16), progress=False, pack=False)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        compress(model, AWPConfig(method="wanda", sparsity=0.5), ["some text"], progress=False, pack=False)
+    with pytest.raises(ValueError, match="skips all"):
+        compress(model, AWPConfig(method="wanda", sparsity=0.5, modules_to_not_convert=["model"]), token_ids(),
+                 progress=False, pack=False)
+    with pytest.raises(ValueError, match="AWPConfig"):
+        compress(model, {"method": "wanda"}, token_ids(), progress=False, pack=False)
+
+
+def test_token_ids_from_config_dataset(solver):
+    model = tiny_llama()
+    ids = token_ids(2, 8)
+    report = compress(model, AWPConfig(method="wanda", sparsity=0.5, dataset=ids.tolist()), progress=False, pack=False)
+    assert (report.nsamples, report.seqlen) == (2, 8)
+
+
+def test_solver_options_only_named_parameters():
+    def named(weight, stats, spec, *, max_iterations=1, init="wanda"):
+        pass
+
+    def catch_all(weight, stats, spec, **options):
+        pass
+
+    config = AWPConfig(method="awp", sparsity=0.5, max_iterations=9, init="magnitude")
+    assert solver_options(named, config) == {"max_iterations": 9, "init": "magnitude"}
+    assert solver_options(catch_all, config) == {}
+    assert spec_from_config(AWPConfig(sparsity="2:4", bits=4, group_size=128)) == CompressionSpec(
+        pattern=(2, 4), bits=4, group_size=128)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optimum_awp.nn.linear") is None, reason="nn.linear not written yet")
+def test_pack_swaps_in_awp_linear_and_keeps_outputs():
+    from optimum_awp.nn.linear import AWPLinear, format_for
+
+    if "rtn" not in SOLVERS:
+        pytest.skip("rtn solver not registered")
+    spec = CompressionSpec(bits=4, group_size=128)
+    if format_for(spec) is None:
+        pytest.skip("no packed format for INT4")
+    dense, packed = tiny_llama(), tiny_llama()
+    config = AWPConfig(method="rtn", bits=4, group_size=128)
+    compress(dense, config, token_ids(), progress=False, pack=False)
+    compress(packed, config, token_ids(), progress=False, pack=True)
+    assert isinstance(packed.model.layers[0].mlp.down_proj, AWPLinear)
+    assert config.compressed_modules["model.layers.1.mlp.down_proj"] == format_for(spec)
+    assert "lm_head" not in config.compressed_modules
+    with torch.no_grad():
+        torch.testing.assert_close(packed(token_ids()).logits, dense(token_ids()).logits, rtol=1e-4, atol=1e-4)
