@@ -1,0 +1,117 @@
+"""Tests for the optimum-awp command line."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from optimum_awp import cli
+
+WORDS = "the a cat dog sat on mat and ran far away . ,".split()
+VOCAB = 2 + len(WORDS)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved tiny Llama with a zeroed head (perplexity = vocabulary size) and a word-level tokenizer."""
+    vocab = {word: i for i, word in enumerate(["[UNK]", "<s>"] + WORDS)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>").save_pretrained(
+        tmp_path / "tiny"
+    )
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    torch.nn.init.zeros_(model.lm_head.weight)
+    model.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(WORDS * 10), encoding="utf-8")  # 130 tokens
+    return path
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_help_lists_commands_and_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "eval" in out and "demo" in out and "--log-level" in out
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--dataset", "--seqlen", "--nwindows", "--batch-size", "--dtype", "--device", "--threads", "--no-bos"):
+        assert option in out
+    assert "wikipedia-gensim" in out and "(default: 2048)" in out
+
+
+def test_every_argument_has_help():
+    parser = cli.build_parser()
+    for name, sub in {"": parser, **subparsers(parser)}.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+    assert {"eval", "demo"} <= set(subparsers(parser))
+
+
+def test_demo_defaults():
+    args = cli.build_parser().parse_args(["demo"])
+    assert (args.seqlen, args.nwindows, args.dataset, args.add_bos) == (512, 32, "wikipedia-gensim", True)
+    assert args._run is cli.run_demo
+
+
+def test_register_command_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        cli.register_command("eval", "again", lambda parser: None)(lambda args: 0)
+
+
+def test_eval_prints_settings_and_perplexity(tiny_model_dir, text_file, capsys):
+    code = cli.main(
+        ["eval", str(tiny_model_dir), "--dataset", str(text_file), "--seqlen", "16", "--nwindows", "5",
+         "--threads", "1", "--no-progress"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"text file {text_file}, evaluation part" in out
+    assert "up to 5 x 16 tokens, <s> prepended to each" in out
+    # zeroed head: uniform logits, perplexity = vocabulary size; 5 windows of 15 scored tokens
+    assert f"perplexity: {VOCAB:.4f}" in out and "75 tokens, 5 windows of 16" in out
+
+
+def test_eval_errors_are_reported_not_raised(tmp_path, text_file, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code = cli.main(["eval", str(tmp_path / "missing"), "--dataset", str(text_file), "--no-progress"])
+    assert code == 2
+    assert "optimum-awp eval: error: model" in capsys.readouterr().err
+
+
+def test_bad_option_values_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--seqlen", "0"])
+    assert exit_info.value.code == 2
+    assert "--seqlen" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "optimum_awp.cli", "eval", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "--nwindows" in result.stdout
