@@ -1,0 +1,31 @@
+"""Compressed modules: packed storage formats, ``AWPLinear`` and its forward kernels."""
+
+from .formats import FORMATS, Format, get_format, register_format
+from .kernels import (
+    KERNELS,
+    KernelOptions,
+    get_kernel_options,
+    kernel_options,
+    register_kernel,
+    set_backend,
+    set_kernel_options,
+    use_backend,
+)
+from .linear import AWPLinear, format_for
+
+__all__ = [
+    "FORMATS",
+    "KERNELS",
+    "AWPLinear",
+    "Format",
+    "KernelOptions",
+    "format_for",
+    "get_format",
+    "get_kernel_options",
+    "kernel_options",
+    "register_format",
+    "register_kernel",
+    "set_backend",
+    "set_kernel_options",
+    "use_backend",
+]

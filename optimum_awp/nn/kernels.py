@@ -1,0 +1,452 @@
+"""Forward backends of ``AWPLinear``: a registry of kernels, each with a ``supports`` check and a lazily
+built, per-device kernel layout that is cached on the module and never saved.
+
+Kernels (``KERNELS``, tried in ``AUTO_ORDER`` by the "auto" backend):
+
+- ``cuda_int4``: torch's tinygemm ``_weight_int4pack_mm`` (CUDA, sm80+), bf16 activations, few tokens.
+- ``cuda_2of4``: ``torch.sparse`` semi-structured (cuSPARSELt or CUTLASS), fp16/bf16, many tokens.
+- ``cpu_int4``: ``_weight_int4pack_mm_for_cpu``, activations cast to bf16 and back, few tokens.
+- ``dense_cache``: the weight decompressed once per (device, dtype) and kept; for 2:4 (no CPU 2:4 kernel
+  beats dense) and, when enabled, for INT4 at many tokens.
+- ``reference``: the EMULATED path, dequantize then ``F.linear`` at every call. Always correct, used
+  wherever nothing else applies, and the ground truth the other kernels are tested against.
+
+Where a kernel's arithmetic differs from the reference:
+
+- INT4 kernels dequantize as (c - 8) * scale + zero with bf16 scale and zero. A symmetric grid has
+  zero = 0, so a zero code gives exactly 0. An asymmetric grid's integer zero point z becomes the float
+  zero (8 - z) * scale rounded to bf16, so a code equal to z (a pruned weight, or an exact-zero weight)
+  dequantizes to a tiny non-zero value, |error| <= 2**-9 * |(8 - z) * scale|, instead of 0.
+- Activations go to bf16 for the INT4 kernels whatever the model dtype; fp32 models lose precision
+  there (fp32/fp16 activations would take a scalar CPU loop ~100x slower than dense).
+
+Choose a backend with ``use_backend("reference")`` (a context manager), ``set_backend(name)`` (global
+default) or ``module.backend = name`` (one module); tune the dispatch with ``set_kernel_options``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .formats import INT4_SYMMETRIC_ZERO, get_format
+
+logger = logging.getLogger(__name__)
+
+CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)
+CUDA_INT4_GROUP_SIZES = (32, 64, 128, 256)
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class KernelOptions:
+    """Dispatch thresholds and caching.
+
+    Attributes:
+        cpu_int4_max_tokens: the CPU INT4 kernel runs up to this many tokens (rows of the input), a
+            per-call dequantize + dense matmul (or the dense cache) above. Measured with
+            benchmarks/kernels.py on the 2-core AVX-512 test machine (docs/results/kernels.md).
+        cuda_int4_max_tokens: same for the CUDA tinygemm kernel (not measured here: no GPU).
+        cuda_2of4_min_tokens: the CUDA semi-structured kernel runs from this many tokens (not measured here).
+        cache_dense: keep a decompressed dense weight per device and dtype. None: the format's default,
+            True for "2:4" (its compact storage has no fast kernel on CPU) and False for INT4 formats
+            (they would lose their memory saving; they dequantize per call at many tokens instead).
+    """
+
+    cpu_int4_max_tokens: int = 32
+    cuda_int4_max_tokens: int = 32
+    cuda_2of4_min_tokens: int = 256
+    cache_dense: bool | None = None
+
+
+_OPTIONS = [KernelOptions(), 0]  # the options and a version counter that invalidates dispatch caches
+
+
+def get_kernel_options() -> KernelOptions:
+    return _OPTIONS[0]
+
+
+def set_kernel_options(**changes: Any) -> KernelOptions:
+    """Change global kernel options (see ``KernelOptions``); returns the previous options."""
+    known = {f.name for f in fields(KernelOptions)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"Unknown kernel option(s) {unknown}; known options: {sorted(known)}.")
+    previous = _OPTIONS[0]
+    _OPTIONS[0] = replace(previous, **changes)
+    _OPTIONS[1] += 1
+    return previous
+
+
+@contextlib.contextmanager
+def kernel_options(**changes: Any) -> Iterator[KernelOptions]:
+    """Temporarily change global kernel options."""
+    previous = set_kernel_options(**changes)
+    try:
+        yield _OPTIONS[0]
+    finally:
+        _OPTIONS[0] = previous
+        _OPTIONS[1] += 1
+
+
+_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("optimum_awp_backend", default=None)
+
+
+def set_backend(name: str | None) -> None:
+    """Force a backend for every AWPLinear ("auto" or None restores per-module choice)."""
+    if name is not None and name != "auto":
+        get_kernel(name)
+    _BACKEND.set(None if name == "auto" else name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force backend ``name`` (a KERNELS key, or "auto") for every AWPLinear inside the block."""
+    if name != "auto":
+        get_kernel(name)
+    token = _BACKEND.set(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def forced_backend() -> str | None:
+    return _BACKEND.get()
+
+
+# ----------------------------------------------------------------------------------------------- queries
+@dataclass(frozen=True)
+class KernelQuery:
+    """What a kernel must handle: one forward call of one compressed linear.
+
+    Attributes:
+        device: device of the input and buffers.
+        dtype: activation dtype.
+        format: storage format name.
+        out_features, in_features: weight shape (out, in).
+        group_size: INT4 group size along in (-1 per channel); ignored by unquantized formats.
+        symmetric: INT4 grid without zero points.
+        tokens: rows of the 2-D input (batch * sequence).
+        cache_dense: the resolved dense-cache option for this module.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    format: str
+    out_features: int
+    in_features: int
+    group_size: int
+    symmetric: bool
+    tokens: int
+    cache_dense: bool = False
+
+
+def kernel_group_size(in_features: int, group_size: int, allowed: tuple[int, ...]) -> int | None:
+    """The group size a kernel runs with: ``group_size`` if allowed; for per-channel scales (-1) the
+    largest allowed size dividing ``in_features`` (scales are repeated); None if none fits."""
+    if group_size == -1:
+        return next((g for g in sorted(allowed, reverse=True) if in_features % g == 0), None)
+    return group_size if group_size in allowed and in_features % group_size == 0 else None
+
+
+def _buffers(module) -> dict[str, torch.Tensor]:
+    return module.packed_buffers()
+
+
+def _kernel_scales_and_zeros(module, n_groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """tinygemm's qScaleAndZeros (n_groups, out, 2): weight = (c - 8) * scale + zero.
+
+    Scales are repeated along in when the kernel's groups are narrower (per-channel storage); an
+    asymmetric zero point z becomes zero = (8 - z) * scale, rounded to ``dtype``.
+    """
+    buffers = _buffers(module)
+    scales = buffers["scales"].to(torch.float32)
+    repeat = n_groups // scales.shape[1]
+    zeros = buffers.get("zeros")
+    if zeros is None:
+        zero = torch.zeros_like(scales)
+    else:
+        zero = (INT4_SYMMETRIC_ZERO - zeros.to(torch.float32)) * scales
+    scales = scales.repeat_interleave(repeat, dim=1)
+    zero = zero.repeat_interleave(repeat, dim=1)
+    return torch.stack((scales.t(), zero.t()), dim=-1).to(dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+class Kernel:
+    """One forward backend. Subclasses set ``name`` and implement ``supports``/``prepare``/``run``."""
+
+    name: str = ""
+
+    def supports(self, query: KernelQuery, options: KernelOptions) -> bool:
+        raise NotImplementedError
+
+    def layout_key(self, query: KernelQuery) -> Any:
+        """What the layout depends on besides the buffers (default: device only); None: no layout."""
+        return query.device
+
+    def prepare(self, module, query: KernelQuery) -> Any:
+        """Build the kernel layout from the module's canonical buffers (on query.device)."""
+        return None
+
+    def run(self, module, layout: Any, x: torch.Tensor) -> torch.Tensor:
+        """y = x Wᵀ (no bias) for a contiguous 2-D x (tokens, in) of the query's dtype."""
+        raise NotImplementedError
+
+
+KERNELS: dict[str, Kernel] = {}
+AUTO_ORDER: list[str] = ["cuda_int4", "cuda_2of4", "cpu_int4", "dense_cache", "reference"]
+
+
+def register_kernel(cls: type[Kernel]) -> type[Kernel]:
+    """Register an instance of ``cls`` under ``cls.name``; a name can be registered once."""
+    if not cls.name or cls.name in KERNELS:
+        raise ValueError(f"Kernel name {cls.name!r} is empty or already registered.")
+    KERNELS[cls.name] = cls()
+    return cls
+
+
+def get_kernel(name: str) -> Kernel:
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown backend {name!r}; known backends: ['auto', {', '.join(map(repr, KERNELS))}].") from None
+
+
+@register_kernel
+class ReferenceKernel(Kernel):
+    """EMULATED path: dequantize to the activation dtype, then F.linear. Never caches."""
+
+    name = "reference"
+
+    def supports(self, query, options):
+        return query.dtype.is_floating_point
+
+    def layout_key(self, query):
+        return None
+
+    def run(self, module, layout, x):
+        return F.linear(x, module.dequantize(x.dtype))
+
+
+@register_kernel
+class DenseCacheKernel(Kernel):
+    """The dense weight, decompressed once per (device, dtype) and kept until the buffers change."""
+
+    name = "dense_cache"
+
+    def supports(self, query, options):
+        return query.cache_dense and query.dtype.is_floating_point and query.device.type != "meta"
+
+    def layout_key(self, query):
+        return (query.device, query.dtype)
+
+    def prepare(self, module, query):
+        return module.dequantize(query.dtype).contiguous()
+
+    def run(self, module, layout, x):
+        return F.linear(x, layout)
+
+
+@register_kernel
+class CpuInt4Kernel(Kernel):
+    """torch's CPU INT4 kernel (``_weight_int4pack_mm_for_cpu``).
+
+    Layout: the (out, in) codes reordered by ``_convert_weight_to_int4pack_for_cpu`` (uint8, out x in/2)
+    and qScaleAndZeros bf16 (in/g, out, 2). Its vectorized path needs bf16 activations, scales and
+    zeros, so activations are cast to bf16 and the result back. Needs out % 16 == 0 and g in 32..256.
+    """
+
+    name = "cpu_int4"
+
+    def supports(self, query, options):
+        return (
+            query.device.type == "cpu"
+            and get_format(query.format).quantized
+            and query.dtype in _FLOAT_DTYPES
+            and query.tokens <= options.cpu_int4_max_tokens
+            and query.out_features % 16 == 0
+            and kernel_group_size(query.in_features, query.group_size, CPU_INT4_GROUP_SIZES) is not None
+            and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        )
+
+    def prepare(self, module, query):
+        codes = module.unpack_codes().to(torch.int32)
+        group = kernel_group_size(query.in_features, query.group_size, CPU_INT4_GROUP_SIZES)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+        sz = _kernel_scales_and_zeros(module, query.in_features // group, torch.bfloat16)
+        return packed, group, sz
+
+    def run(self, module, layout, x):
+        packed, group, sz = layout
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group, sz)
+        return y.to(x.dtype)
+
+
+_CUDA_CAPABILITY: dict[int, tuple[int, int]] = {}
+
+
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability of a CUDA device (cached); only called with tensors already on CUDA."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CUDA_CAPABILITY:
+        _CUDA_CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return _CUDA_CAPABILITY[index]
+
+
+def _cuda_inner_k_tiles(in_features: int) -> int | None:
+    return next((t for t in (8, 4, 2) if in_features % (16 * t) == 0), None)
+
+
+@register_kernel
+class CudaInt4Kernel(Kernel):
+    """torch's tinygemm CUDA INT4 kernel (``_weight_int4pack_mm``), bf16, sm80+.
+
+    Layout: codes as uint8 (out, in/2) with input 2k in the HIGH nibble and 2k+1 in the low nibble,
+    reordered by ``_convert_weight_to_int4pack`` (int32 [out/8, in/(16 t), 32, t/2], t inner k-tiles),
+    and qScaleAndZeros bf16 (in/g, out, 2). Needs out % 8 == 0, in % 32 == 0, g in 32..256.
+    """
+
+    name = "cuda_int4"
+
+    def supports(self, query, options):
+        return (
+            query.device.type == "cuda"
+            and get_format(query.format).quantized
+            and query.dtype in _FLOAT_DTYPES
+            and query.tokens <= options.cuda_int4_max_tokens
+            and query.out_features % 8 == 0
+            and _cuda_inner_k_tiles(query.in_features) is not None
+            and kernel_group_size(query.in_features, query.group_size, CUDA_INT4_GROUP_SIZES) is not None
+            and torch.cuda.is_available()
+            and _cuda_capability(query.device) >= (8, 0)
+        )
+
+    def prepare(self, module, query):
+        codes = module.unpack_codes()
+        high_low = ((codes[:, 0::2] << 4) | codes[:, 1::2]).contiguous()
+        packed = torch.ops.aten._convert_weight_to_int4pack(high_low, _cuda_inner_k_tiles(query.in_features))
+        group = kernel_group_size(query.in_features, query.group_size, CUDA_INT4_GROUP_SIZES)
+        sz = _kernel_scales_and_zeros(module, query.in_features // group, torch.bfloat16)
+        return packed, group, sz
+
+    def run(self, module, layout, x):
+        packed, group, sz = layout
+        y = torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, group, sz)
+        return y.to(x.dtype)
+
+
+def _semi_structured_class():
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    if cusparselt is not None and cusparselt.is_available():
+        return SparseSemiStructuredTensorCUSPARSELT
+    return SparseSemiStructuredTensorCUTLASS
+
+
+@register_kernel
+class Cuda2of4Kernel(Kernel):
+    """CUDA 2:4 sparse tensor cores via ``torch.sparse`` semi-structured tensors (cuSPARSELt if present,
+    else CUTLASS), fp16/bf16, only from ``cuda_2of4_min_tokens`` tokens (below, dense matmuls win).
+    Also runs "2:4+int4", whose dequantized weight keeps the 2:4 pattern (pruned codes give exact 0)."""
+
+    name = "cuda_2of4"
+
+    def supports(self, query, options):
+        if not (
+            query.device.type == "cuda"
+            and get_format(query.format).sparse
+            and query.dtype in (torch.float16, torch.bfloat16)
+            and query.tokens >= options.cuda_2of4_min_tokens
+            and torch.cuda.is_available()
+            and _cuda_capability(query.device) >= (8, 0)
+        ):
+            return False
+        constraints = _semi_structured_class()._DTYPE_SHAPE_CONSTRAINTS.get(query.dtype)
+        return (
+            constraints is not None
+            and query.out_features % constraints.sparse_min_rows == 0
+            and query.in_features % constraints.sparse_min_cols == 0
+        )
+
+    def layout_key(self, query):
+        return (query.device, query.dtype)
+
+    def prepare(self, module, query):
+        dense = module.dequantize(query.dtype).contiguous()
+        return _semi_structured_class().from_dense(dense)
+
+    def run(self, module, layout, x):
+        return F.linear(x, layout)
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+def select_kernel(query: KernelQuery, backend: str | None = None, options: KernelOptions | None = None) -> Kernel:
+    """The kernel for ``query``: ``backend`` if given (ValueError if it cannot run the query), else the
+    first of AUTO_ORDER whose ``supports`` holds."""
+    options = options or get_kernel_options()
+    if backend is not None and backend != "auto":
+        kernel = get_kernel(backend)
+        if not kernel.supports(query, options):
+            raise ValueError(f"Backend {backend!r} does not support {query}.")
+        return kernel
+    for name in AUTO_ORDER:
+        kernel = KERNELS[name]
+        if kernel.supports(query, options):
+            return kernel
+    raise ValueError(f"No backend supports {query}; known backends: {list(KERNELS)}.")
+
+
+def get_layout(module, kernel: Kernel, query: KernelQuery) -> Any:
+    """The kernel layout for ``module`` on query.device, built on first use and cached in the module's
+    ``_kernel_cache`` (a plain dict: never saved, cleared by ``.to()``/``_apply`` and when buffers change)."""
+    key = kernel.layout_key(query)
+    if key is None:
+        return None
+    cache = module._kernel_cache
+    entry = cache.get((kernel.name, key))
+    if entry is None:
+        start = time.perf_counter()
+        entry = kernel.prepare(module, query)
+        cache[(kernel.name, key)] = entry
+        logger.debug(
+            "built %s layout for %s (%d x %d) on %s in %.1f ms",
+            kernel.name,
+            query.format,
+            query.out_features,
+            query.in_features,
+            query.device,
+            1e3 * (time.perf_counter() - start),
+        )
+    return entry
+
+
+__all__ = [
+    "AUTO_ORDER",
+    "KERNELS",
+    "Kernel",
+    "KernelOptions",
+    "KernelQuery",
+    "forced_backend",
+    "get_kernel",
+    "get_kernel_options",
+    "get_layout",
+    "kernel_group_size",
+    "kernel_options",
+    "register_kernel",
+    "select_kernel",
+    "set_backend",
+    "set_kernel_options",
+    "use_backend",
+]

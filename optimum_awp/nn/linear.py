@@ -1,0 +1,284 @@
+"""``AWPLinear``: a compressed linear layer that holds only plain tensors (buffers) and a format tag.
+
+state_dict, safetensors and ``.to()`` work as for any module: the buffers are the canonical packed
+layout of ``formats.py``. Kernel layouts (``kernels.py``) are built on the first forward per device,
+kept in a plain dict, and never saved.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..solvers.base import CompressionSpec, SolverResult
+from . import kernels
+from .formats import INT4_SYMMETRIC_ZERO, get_format
+
+logger = logging.getLogger(__name__)
+
+_DISPATCH_CACHE_LIMIT = 64
+
+
+def format_for(spec: CompressionSpec) -> str | None:
+    """The packed format for weights compressed under ``spec``.
+
+    Returns:
+        "2:4+int4" for pattern (2, 4) with bits; "2:4" for pattern (2, 4) alone; "int4" for bits with
+        any other sparsity (unstructured or another N:M: pruned entries are stored as zero codes);
+        None when no packed format applies (sparsity without bits other than 2:4): keep an nn.Linear
+        whose weight holds the zeros.
+    """
+    if spec.pattern == (2, 4):
+        return "2:4+int4" if spec.bits == 4 else "2:4"
+    if spec.bits == 4:
+        return "int4"
+    return None
+
+
+class AWPLinear(nn.Module):
+    """y = x Wᵀ + b with W stored compressed.
+
+    Buffers (shapes for weight (out, in), group size g, see docs/formats.md):
+        "int4":     qweight int32 (out, in/8), scales (out, in/g) dtype, zeros uint8 (out, in/g) if asymmetric
+        "2:4":      values (out, in/2) dtype, meta uint8 (out, in/8)
+        "2:4+int4": qweight int32 (out, in/16), meta uint8 (out, in/8), scales, zeros as "int4"
+        bias (out,) dtype, or None.
+
+    Attributes:
+        backend: "auto" or a ``kernels.KERNELS`` name; a class default that one module can override.
+        cache_dense: keep a decompressed weight per device (None: the format's default, see KernelOptions).
+    """
+
+    backend: str = "auto"
+    cache_dense: bool | None = None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        format: str,
+        group_size: int = 128,
+        symmetric: bool = True,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        fmt = get_format(format)
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype (the model dtype), got {dtype}.")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.format = fmt.name
+        self.group_size = group_size if fmt.quantized else -1
+        self.symmetric = bool(symmetric) if fmt.quantized else True
+        shapes = fmt.buffer_shapes(out_features, in_features, self.group_size, self.symmetric, dtype)
+        for name, (shape, buffer_dtype) in shapes.items():
+            self.register_buffer(name, torch.empty(shape, dtype=buffer_dtype, device=device))
+        self._packed_names = tuple(shapes)
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self._kernel_cache: dict = {}
+        self._dispatch: dict = {}
+        self._stamp: tuple = ()
+
+    # ------------------------------------------------------------------------------------------- build
+    @classmethod
+    def empty(
+        cls,
+        format: str,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        group_size: int = 128,
+        symmetric: bool = True,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str = "meta",
+    ) -> "AWPLinear":
+        """A module with correctly shaped, uninitialized buffers (on "meta" by default), ready for
+        ``load_state_dict`` (use ``assign=True`` from meta) of a checkpoint saved from an AWPLinear."""
+        return cls(
+            in_features,
+            out_features,
+            bias,
+            format=format,
+            group_size=group_size,
+            symmetric=symmetric,
+            dtype=dtype,
+            device=device,
+        )
+
+    @classmethod
+    def from_solver_result(
+        cls,
+        result: SolverResult,
+        spec: CompressionSpec,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> "AWPLinear":
+        """Pack a solver's result into the format ``format_for(spec)`` picks.
+
+        Args:
+            result: weight Θ (out, in), mask (2:4 formats; default Θ != 0), codes/scales/zeros (INT4).
+            spec: the spec the result satisfies; gives format, group size and symmetry.
+            bias: (out,) or None; stored in ``dtype``.
+            dtype: the model dtype of scales, values and bias.
+        Returns:
+            An AWPLinear on result.weight's device whose ``dequantize()`` is Θ (in ``dtype``, exactly the
+            grid values for INT4 formats, Θ rounded to ``dtype`` for "2:4").
+        Raises:
+            ValueError: when no packed format applies (``format_for`` is None), or the result does not
+                match the spec (shapes, missing codes/scales/zeros, not 2:4).
+        """
+        name = format_for(spec)
+        if name is None:
+            raise ValueError(
+                f"No packed format applies to {spec} (sparsity without bits other than 2:4); "
+                "keep an nn.Linear holding the pruned weight."
+            )
+        weight = result.weight
+        if weight.dim() != 2:
+            raise ValueError(f"result.weight must be 2-D (out, in), got shape {tuple(weight.shape)}.")
+        out_features, in_features = weight.shape
+        spec.check_shape(out_features, in_features)
+        zeros = None
+        if spec.quantizes and not spec.symmetric:
+            if result.zeros is None:
+                raise ValueError("An asymmetric spec needs result.zeros, got None.")
+            zeros = result.zeros
+        elif spec.quantizes and result.zeros is not None and bool((result.zeros != INT4_SYMMETRIC_ZERO).any()):
+            raise ValueError(f"A symmetric spec takes no zero points other than {INT4_SYMMETRIC_ZERO}; got result.zeros.")
+        module = cls(
+            in_features,
+            out_features,
+            bias is not None,
+            format=name,
+            group_size=spec.group_size,
+            symmetric=spec.symmetric,
+            dtype=dtype,
+            device=weight.device,
+        )
+        fmt = get_format(name)
+        packed = fmt.pack(weight, result.mask, result.codes, result.scales, zeros, spec.group_size, dtype)
+        for key, tensor in packed.items():
+            expected = getattr(module, key)
+            if tensor.shape != expected.shape or tensor.dtype != expected.dtype:
+                raise ValueError(
+                    f"packed {key} has {tuple(tensor.shape)} {tensor.dtype}; expected "
+                    f"{tuple(expected.shape)} {expected.dtype}."
+                )
+            setattr(module, key, tensor.contiguous())
+        if bias is not None:
+            module.bias = bias.detach().to(dtype=dtype, device=weight.device).reshape(out_features).clone()
+        return module
+
+    # ------------------------------------------------------------------------------------------- views
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model dtype (of scales or values)."""
+        return (self.scales if "scales" in self._packed_names else self.values).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._buffers[self._packed_names[0]].device
+
+    def packed_buffers(self) -> dict[str, torch.Tensor]:
+        """The format's buffers (no bias), by name."""
+        return {name: self._buffers[name] for name in self._packed_names}
+
+    def weight_bytes(self) -> int:
+        """Bytes of the compressed weight buffers (bias excluded)."""
+        return sum(t.numel() * t.element_size() for t in self.packed_buffers().values())
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense weight (out, in) in ``dtype`` (default the model dtype); pruned entries exactly 0."""
+        return get_format(self.format).dequantize(self.packed_buffers(), dtype or self.dtype)
+
+    def unpack_codes(self) -> torch.Tensor:
+        """INT4 codes uint8 (out, in), pruned entries at the zero code; INT4 formats only."""
+        fmt = get_format(self.format)
+        if fmt.unpack_codes is None:
+            raise ValueError(f"format {self.format!r} stores no INT4 codes.")
+        return fmt.unpack_codes(self.packed_buffers())
+
+    # ------------------------------------------------------------------------------------------- kernels
+    def invalidate_kernel_cache(self) -> None:
+        """Drop kernel layouts and dispatch choices (done automatically on .to() and buffer changes)."""
+        self._kernel_cache = {}
+        self._dispatch = {}
+
+    def _apply(self, fn, recurse=True):
+        self.invalidate_kernel_cache()
+        return super()._apply(fn, recurse)
+
+    def _check_stamp(self) -> None:
+        stamp = tuple((t.data_ptr(), t._version) for t in self._buffers.values() if t is not None)
+        if stamp != self._stamp:
+            self.invalidate_kernel_cache()
+            self._stamp = stamp
+
+    def _resolve_cache_dense(self) -> bool:
+        if self.cache_dense is not None:
+            return self.cache_dense
+        option = kernels.get_kernel_options().cache_dense
+        if option is not None:
+            return option
+        return not get_format(self.format).quantized
+
+    def _select(self, x2: torch.Tensor) -> tuple[kernels.Kernel, kernels.KernelQuery]:
+        tokens = x2.shape[0]
+        backend = kernels.forced_backend() or self.backend
+        key = (x2.device, x2.dtype, tokens, backend, self.cache_dense, kernels._OPTIONS[1])
+        choice = self._dispatch.get(key)
+        if choice is None:
+            query = kernels.KernelQuery(
+                device=x2.device,
+                dtype=x2.dtype,
+                format=self.format,
+                out_features=self.out_features,
+                in_features=self.in_features,
+                group_size=self.group_size,
+                symmetric=self.symmetric,
+                tokens=tokens,
+                cache_dense=self._resolve_cache_dense(),
+            )
+            choice = (kernels.select_kernel(query, backend), query)
+            if len(self._dispatch) >= _DISPATCH_CACHE_LIMIT:
+                self._dispatch.clear()
+            self._dispatch[key] = choice
+        return choice
+
+    def select_kernel(self, x: torch.Tensor) -> kernels.Kernel:
+        """The kernel a forward on ``x`` (..., in) runs (ValueError if a forced backend cannot)."""
+        return self._select(x.reshape(-1, self.in_features))[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features; expected in_features={self.in_features}.")
+        self._check_stamp()
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        kernel, query = self._select(x2)
+        y = kernel.run(self, kernels.get_layout(self, kernel, query), x2)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"in_features={self.in_features}",
+            f"out_features={self.out_features}",
+            f"bias={self.bias is not None}",
+            f"format={self.format}",
+        ]
+        if get_format(self.format).quantized:
+            parts += [f"group_size={self.group_size}", f"symmetric={self.symmetric}"]
+        parts.append(f"weight_bytes={self.weight_bytes()}")
+        return ", ".join(parts)
+
+
+__all__ = ["AWPLinear", "format_for"]
