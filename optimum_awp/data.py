@@ -5,7 +5,7 @@ Text sources are kept in a registry (:data:`TEXT_SOURCES`, :func:`register_sourc
 - ``"wikipedia-gensim"`` (default, offline): "Wikipedia (gensim sample)", the Wikipedia articles that
   gensim ships as test data, turned into WikiText-style prose and split *by article* into a
   calibration part and an evaluation part that never share an article.
-- ``"wikitext2"``: WikiText-2 raw (``wikitext``, ``wikitext-2-raw-v1``) through ``datasets``; train
+- ``"wikitext2"``: WikiText-2 raw (``Salesforce/wikitext``, ``wikitext-2-raw-v1``) through ``datasets``; train
   for calibration, test for evaluation (needs the Hub).
 - ``"c4"``: allenai/c4 ``en`` shard 0 through ``datasets``, the Wanda/SparseGPT choice: the train
   shard for calibration, the first 1100 documents of the validation shard for evaluation.
@@ -174,6 +174,7 @@ def convert_gguf(
         tokenizer.save_pretrained(tmp)
         provenance = {"gguf_file": name, "gguf_bytes": gguf_path.stat().st_size, "dtype": str(model.dtype)}
         (tmp / "optimum_awp_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        _apply_umask(tmp)
         if out_dir.exists():  # overwrite: move the old folder aside first, delete it once replaced
             old = _temp_dir_beside(out_dir)
             os.replace(out_dir, old / out_dir.name)
@@ -184,6 +185,15 @@ def convert_gguf(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the files in ``folder`` the usual permissions (safetensors writes its file as 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def _is_checkpoint(folder: Path) -> bool:
@@ -461,7 +471,7 @@ def _load_dataset(name: str, *args, **kwargs):
 def _load_wikitext2(split: str) -> list[str]:
     """WikiText-2 raw lines: train for calibration, test for evaluation."""
     hub_split = {"calibration": "train", "eval": "test"}[split]
-    return list(_load_dataset("wikitext2", "wikitext", "wikitext-2-raw-v1", split=hub_split)["text"])
+    return list(_load_dataset("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", split=hub_split)["text"])
 
 
 C4_FILES = {
