@@ -1,0 +1,385 @@
+"""AWP: activation-aware pruning and quantization by projected gradient descent (Liu et al., 2025).
+
+Minimises the layer objective L(Θ) = tr((W - Θ) C (W - Θ)ᵀ) over the spec's set by iterative
+hard thresholding (IHT) / projected gradient descent::
+
+    Z = Θ + η (W - Θ) C;   Θ = Proj(Z);   η = 1 / λ_max(C)   (power iteration)
+
+``(W - Θ) C`` is minus half the gradient, so η = 1/λ_max is the step 1/L of the gradient's
+Lipschitz constant and, with an exact projection, the objective never increases.
+
+What the solver does, by spec:
+
+1. **sparsity** (unstructured per-row top-k, or N:M): IHT from a feasible start (``init``: Wanda's
+   mask by default), until the relative change of L falls below ``tolerance`` or after
+   ``max_iterations``. The projection is exact, so L is non-increasing (``momentum=False``).
+2. **INT4 grid** (alone or after 1, with the mask then fixed): the grid set is not convex and the
+   round-to-nearest "projection" is not exact. Measured on correlated C, plain PGD on the grid
+   is stuck at once: η |(W - Θ) C| is far below half a grid step, so every rounded point is a
+   fixed point and the result is whatever the start was. So the grid phase is:
+   a. a feasible start with the mask fixed: ``quant_init="obs"`` (default) rounds the phase-1
+      iterate Θ_S column by column with OBS error feedback (SparseGPT's joint loop / GPTQ, with
+      AWP's mask; targeting Θ_S rather than W is measured 7-10 % better), or
+      ``quant_init="project"`` rounds the phase-1 iterate (the joint projection);
+   b. ``quant_iterations`` PGD steps with the joint projection on the fixed mask, best kept
+      (default 0, for the reason above);
+   c. ``refit_scales=True``: with the codes fixed, every row's group scales are set to their exact
+      least-squares optimum for L (a small (groups, groups) system per row). This step can only
+      lower L, and it stays on the grid.
+
+Options beyond the paper, off by default: ``step="diagonal"`` (Jacobi preconditioning: step
+η_j = 1 / (λ_max(D^-1/2 C D^-1/2) C_jj) per input and the matching weighted projection, keep the
+largest |z_ij| sqrt(C_jj); still monotone) and ``momentum=True`` (Nesterov momentum with adaptive
+restart; not monotone, the best iterate is kept). On an ill-conditioned C (outlier channels) the
+paper's step needs hundreds of iterations; both options together reach the same objective in
+about 10-20 (see the report in the solvers tests).
+
+Cost: one (out, in) @ (in, in) product per iteration; the objective of the new iterate comes
+from the same product, and the sparsity projection only re-sorts the rows whose support would
+change (a cheap min/max test), so late iterations cost about one matmul.
+
+Dead inputs (C_jj = 0) do not affect L; their target weights are set to 0, so they are the first
+pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .base import CompressionSpec, LayerStats, SolverResult, get_solver, register_solver
+from .projections import Projected, apply_mask, check_problem, keep_count, nm_mask, topk_mask
+from .sparsegpt import obs_compress
+
+logger = logging.getLogger(__name__)
+
+INITS = ("wanda", "magnitude", "sparsegpt")
+STEPS = ("lambda_max", "diagonal")
+QUANT_INITS = ("obs", "project")
+
+
+def prepare_covariance(
+    covariance: torch.Tensor, damping: float = 0.0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetrised covariance (in, in) in ``dtype`` plus ``damping * mean(diag)`` on the diagonal, and dead inputs (in,).
+
+    Dead inputs are those with ``C_jj <= 0`` (an input that is always zero).
+    """
+    c = covariance.to(dtype)
+    c = (c + c.T) / 2
+    diag = torch.diagonal(c)
+    dead = diag <= 0
+    if damping > 0:
+        live = diag[~dead]
+        mean = live.mean() if live.numel() else torch.ones((), dtype=dtype)
+        c = c + damping * mean * torch.eye(c.shape[0], dtype=dtype, device=c.device)
+    return c, dead
+
+
+def lambda_max(matrix: torch.Tensor, iterations: int = 50, safety: float = 1.01) -> float:
+    """Largest eigenvalue of a symmetric PSD ``matrix`` (n, n) by power iteration in float64, times ``safety``.
+
+    Power iteration approaches λ_max from below; the small ``safety`` factor keeps η = 1/λ below
+    the true bound so that the IHT objective stays non-increasing.
+    """
+    a = matrix.to(torch.float64)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(a.shape[0], generator=gen, dtype=torch.float64).to(a.device)
+    v = v / v.norm()
+    estimate = 0.0
+    for _ in range(iterations):
+        u = a @ v
+        norm = u.norm()
+        if norm == 0:
+            return 0.0
+        estimate = float(v @ u)
+        v = u / norm
+    estimate = max(estimate, float(v @ (a @ v)))
+    return estimate * safety
+
+
+class SparseProjector:
+    """The exact sparsity projection of the spec, re-sorting only the rows whose support changes.
+
+    ``__call__(scores, mask)`` returns the kept entries, bool (out, in), of the largest ``|scores|``
+    per row (unstructured) or per group of M (N:M). When the current ``mask`` is still a valid
+    top-k selection of a row (its smallest kept score >= its largest dropped one) the row keeps it,
+    so ties are broken in favour of the current support.
+    """
+
+    def __init__(self, spec: CompressionSpec, in_features: int):
+        self.pattern = spec.pattern
+        self.k = None if spec.pattern is not None else keep_count(in_features, spec.sparsity)
+
+    def full(self, scores: torch.Tensor) -> torch.Tensor:
+        """Fresh selection from ``scores`` (out, in)."""
+        if self.pattern is not None:
+            return nm_mask(scores, *self.pattern)
+        return topk_mask(scores, self.k)
+
+    def __call__(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        a = scores.abs()
+        if mask is None:
+            return self.full(a)
+        if self.pattern is not None:
+            m = self.pattern[1]
+            ag = a.reshape(a.shape[0], -1, m)
+            mg = mask.reshape(a.shape[0], -1, m)
+            lo = torch.where(mg, ag, torch.full_like(ag, math.inf)).amin(-1)
+            hi = torch.where(mg, torch.zeros_like(ag), ag).amax(-1)
+            stale = (lo < hi).any(dim=1)
+        else:
+            lo = torch.where(mask, a, torch.full_like(a, math.inf)).amin(1)
+            hi = torch.where(mask, torch.zeros_like(a), a).amax(1)
+            stale = lo < hi
+        rows = stale.nonzero().flatten()
+        if rows.numel() == 0:
+            return mask
+        if rows.numel() > a.shape[0] // 2:
+            return self.full(a)
+        new = mask.clone()
+        new[rows] = self.full(a[rows])
+        return new
+
+
+def _objective(target: torch.Tensor, c: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Residual product G = (W - Θ) C (out, in) and L = tr(G (W - Θ)ᵀ), for W, Θ (out, in), C (in, in)."""
+    delta = target - theta
+    grad = delta @ c
+    return grad, float(torch.dot(grad.reshape(-1), delta.reshape(-1)))
+
+
+def iht(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    mask: torch.Tensor,
+    projector: SparseProjector,
+    step: torch.Tensor | float,
+    *,
+    scale: torch.Tensor | None = None,
+    max_iterations: int = 100,
+    tolerance: float = 1e-4,
+    momentum: bool = False,
+    norm: float = 1.0,
+    history: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Iterative hard thresholding for sparsity from a feasible ``theta`` (out, in) with kept ``mask`` (out, in).
+
+    Each iteration: ``Z = Y + step * (W - Y) C`` (``Y = Θ`` without momentum), keep the largest
+    ``|Z * scale|`` (``scale`` (in,) or None) per the projector, zero the rest. ``step`` is η or a
+    per-input tensor (in,). Stops after ``max_iterations`` or when the relative change of L is
+    below ``tolerance``. Appends ``L / norm`` of each iterate to ``history``.
+    Returns the best iterate, its mask and the number of iterations run.
+    """
+    history = [] if history is None else history
+    grad, loss = _objective(target, c, theta)
+    best = (loss, theta, mask)
+    prev_theta = prev_grad = None
+    restart = 1
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        if momentum and prev_theta is not None:
+            beta = (restart - 1) / (restart + 2)
+            y = theta + beta * (theta - prev_theta)
+            gy = (1 + beta) * grad - beta * prev_grad  # (W - Y) C, by linearity: no extra product
+        else:
+            y, gy = theta, grad
+        z = y + gy * step
+        new_mask = projector(z if scale is None else z * scale, mask)
+        new_theta = z * new_mask
+        new_grad, new_loss = _objective(target, c, new_theta)
+        history.append(new_loss / norm)
+        change = abs(loss - new_loss) / max(loss, 1e-30)
+        restart = 1 if new_loss > loss else restart + 1
+        prev_theta, prev_grad = theta, grad
+        theta, grad, loss, mask = new_theta, new_grad, new_loss, new_mask
+        if loss < best[0]:
+            best = (loss, theta, mask)
+        if change < tolerance:
+            break
+    return best[1], best[2], iterations
+
+
+def least_squares_scales(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int = 4,
+    chunk_elements: int = 1 << 24,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares group scales for fixed codes: minimise L over ``scales`` (out, groups).
+
+    With ``q`` the centred codes (codes - zero), row r's weights are ``sum_g s_g q_g`` and L is a
+    quadratic in its scales: ``A s = b`` with ``A_gh = q_g C q_hᵀ`` and ``b_g = q_g C wᵀ``.
+    Rows whose system is singular or whose solution has a non-positive scale keep their scales.
+    Returns ``(dequant (out, in) float32, scales (out, groups) float32)``. Rows are processed in
+    chunks of about ``chunk_elements`` intermediate entries.
+    """
+    out_features, in_features = codes.shape
+    groups = scales.shape[1]
+    g = in_features // groups
+    zero = torch.full_like(scales, float(2 ** (bits - 1))) if zeros is None else zeros
+    centred = (codes.to(c.dtype).reshape(out_features, groups, g) - zero.to(c.dtype).unsqueeze(-1))
+    c_blocks = c.reshape(groups, g, in_features)
+    new_scales = scales.clone()
+    rows_per_chunk = max(1, chunk_elements // (groups * in_features))
+    for r0 in range(0, out_features, rows_per_chunk):
+        r1 = min(out_features, r0 + rows_per_chunk)
+        q = centred[r0:r1]
+        m = torch.einsum("ogi,gij->ogj", q, c_blocks)  # (rows, groups, in): q_g C
+        a = (m.reshape(r1 - r0, groups, groups, g) * q.reshape(r1 - r0, 1, groups, g)).sum(-1).to(torch.float64)
+        b = (m * target[r0:r1].to(c.dtype).unsqueeze(1)).sum(-1).to(torch.float64)
+        empty = torch.diagonal(a, dim1=1, dim2=2) <= 0  # (rows, groups): no nonzero code
+        # an empty group does not affect L: its equation becomes s_g = old scale
+        coupled = ~(empty.unsqueeze(-1) | empty.unsqueeze(-2))
+        a = torch.where(coupled, a, torch.zeros((), dtype=a.dtype, device=a.device)) + torch.diag_embed(empty.to(a.dtype))
+        b = torch.where(empty, scales[r0:r1].to(torch.float64), b)
+        solution, info = torch.linalg.solve_ex(a, b.unsqueeze(-1))
+        solution = solution.squeeze(-1)
+        ok = (info == 0) & (solution > 0).all(dim=1) & torch.isfinite(solution).all(dim=1)
+        new_scales[r0:r1] = torch.where(ok.unsqueeze(1), solution.to(scales.dtype), scales[r0:r1])
+    dequant = (centred.to(torch.float32) * new_scales.unsqueeze(-1)).reshape(out_features, in_features)
+    return dequant, new_scales
+
+
+def _start(
+    weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, init: str, projector: SparseProjector
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A feasible sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only)."""
+    sparse_spec = CompressionSpec(sparsity=spec.sparsity, pattern=spec.pattern)
+    start = get_solver(init)(weight, stats, sparse_spec)
+    if init == "sparsegpt" and spec.pattern is None:
+        # SparseGPT's mask is exact per block of columns, not per row: project onto the row set
+        mask = projector.full(start.weight)
+        return start.weight * mask, mask
+    return start.weight, start.mask
+
+
+@register_solver("awp")
+def solve(
+    weight: torch.Tensor,
+    stats: LayerStats,
+    spec: CompressionSpec,
+    *,
+    init: str = "wanda",
+    max_iterations: int = 100,
+    tolerance: float = 1e-4,
+    damping: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    step: str = "lambda_max",
+    momentum: bool = False,
+    power_iterations: int = 50,
+    quant_init: str = "obs",
+    quant_iterations: int = 0,
+    refit_scales: bool = True,
+) -> SolverResult:
+    """AWP on ``weight`` (out, in) with ``stats.covariance`` (in, in); see the module docstring.
+
+    Options:
+        init: feasible start of the sparsity phase, one of ``INITS`` ("wanda").
+        max_iterations: IHT iterations at most (100); tolerance: stop when the relative change of
+            L is below it (1e-4).
+        damping: ``damping * mean(diag C)`` added to the diagonal of C (0.0: PGD never inverts C;
+            with damping the history is that of the damped objective).
+        dtype: torch.float32 or torch.float64 for the iterations.
+        step: "lambda_max" (the paper's η = 1/λ_max(C)) or "diagonal" (Jacobi-preconditioned).
+        momentum: Nesterov momentum with adaptive restart (False).
+        power_iterations: power-iteration steps for λ_max (50).
+        quant_init: start of the grid phase, "obs" (OBS rounding on the fixed mask) or "project".
+        quant_iterations: PGD iterations on the grid with the fixed mask, best kept (0).
+        refit_scales: least-squares group scales for the final codes (True).
+    """
+    check_problem(weight, stats, spec)
+    _check_options(init, max_iterations, tolerance, damping, dtype, step, power_iterations, quant_init, quant_iterations)
+    out_features, in_features = weight.shape
+    c, dead = prepare_covariance(stats.covariance, damping, dtype)
+    target = weight.to(dtype).clone()
+    target[:, dead] = 0
+    norm = float(((target @ c) * target).sum())
+    norm = norm if norm > 0 else 1.0
+    history: list[float] = []
+    iterations = 0
+
+    if spec.prunes or quant_iterations:
+        eta, scale = _step(c, dead, step, power_iterations)
+
+    theta = target.clone()
+    mask = None
+    if spec.prunes:
+        projector = SparseProjector(spec, in_features)
+        theta0, mask0 = _start(weight, stats, spec, init, projector)
+        theta, mask, iterations = iht(
+            target, c, theta0.to(dtype), mask0, projector, eta, scale=scale,
+            max_iterations=max_iterations, tolerance=tolerance, momentum=momentum, norm=norm, history=history,
+        )
+        logger.debug("awp sparse phase: %d iterations, objective %.4g", iterations, history[-1] if history else float("nan"))
+
+    if not spec.quantizes:
+        return Projected(theta.to(torch.float32), mask).to_result(weight, stats.covariance, iterations=iterations, history=history)
+
+    if quant_init == "obs":
+        # OBS rounding of the sparse optimum Θ_S: when Θ_S is stationary on its support,
+        # L(Q) = L(Θ_S) + ||(Θ_S - Q) C^1/2||², so Θ_S (not W) is the right target
+        point = obs_compress(theta.to(torch.float32), stats.covariance, spec, mask=mask)
+    else:
+        point = apply_mask(theta.to(torch.float32), mask, spec)
+    best_loss = _objective(target, c, point.weight.to(dtype))[1]
+    for _ in range(quant_iterations):
+        grad, _ = _objective(target, c, point.weight.to(dtype))
+        z = point.weight.to(dtype) + grad * eta
+        candidate = apply_mask(z.to(torch.float32), mask, spec)
+        loss = _objective(target, c, candidate.weight.to(dtype))[1]
+        history.append(loss / norm)
+        iterations += 1
+        if loss < best_loss:
+            best_loss, point = loss, candidate
+    if refit_scales:
+        dequant, scales = least_squares_scales(target, c, point.codes, point.scales, point.zeros, spec.bits)
+        loss = _objective(target, c, dequant.to(dtype))[1]
+        if loss < best_loss:
+            point = Projected(dequant, point.mask, point.codes, scales, point.zeros)
+            best_loss = loss
+    history.append(best_loss / norm)
+    return point.to_result(weight, stats.covariance, iterations=iterations, history=history)
+
+
+def _step(c: torch.Tensor, dead: torch.Tensor, step: str, power_iterations: int) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """η (a float, or per input (in,) for "diagonal") and the projection's score scale (in,) or None."""
+    if step == "lambda_max":
+        lam = lambda_max(c, power_iterations)
+        return (1.0 / lam if lam > 0 else 0.0), None
+    diag = torch.diagonal(c).clone()
+    diag[dead | (diag <= 0)] = 1.0
+    root = diag.sqrt()
+    lam = lambda_max(c / root.unsqueeze(0) / root.unsqueeze(1), power_iterations)
+    return (1.0 / (lam * diag) if lam > 0 else torch.zeros_like(diag)), root
+
+
+def _check_options(
+    init: str, max_iterations: int, tolerance: float, damping: float, dtype: torch.dtype, step: str,
+    power_iterations: int, quant_init: str, quant_iterations: int,
+) -> None:
+    """Raise ValueError naming the first option out of range."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if not isinstance(max_iterations, int) or max_iterations < 0:
+        raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}.")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}.")
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping!r}.")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}.")
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}.")
+    if not isinstance(power_iterations, int) or power_iterations < 1:
+        raise ValueError(f"power_iterations must be an int >= 1, got {power_iterations!r}.")
+    if quant_init not in QUANT_INITS:
+        raise ValueError(f"quant_init must be one of {QUANT_INITS}, got {quant_init!r}.")
+    if not isinstance(quant_iterations, int) or quant_iterations < 0:
+        raise ValueError(f"quant_iterations must be an int >= 0, got {quant_iterations!r}.")
