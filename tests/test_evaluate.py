@@ -199,3 +199,12 @@ def test_load_model_round_trip_and_unknown_model(tmp_path, monkeypatch):
         evaluate.load_model(str(tmp_path / "missing-model"))
     with pytest.raises(ValueError, match="no-such-org/no-such-model"):
         evaluate.load_model("no-such-org/no-such-model")
+
+
+@pytest.mark.slow
+def test_embedded_model_perplexity_on_two_windows():
+    """The embedded Gemma-3-270M on the first two 512-token windows of Wikipedia (gensim sample)."""
+    model, tokenizer = evaluate.load_model(None)
+    result = evaluate.perplexity(model, tokenizer, seqlen=512, nwindows=2, progress=False)
+    assert (result.windows, result.tokens) == (2, 1022)
+    assert result.ppl == pytest.approx(23.1102, rel=1e-3)
