@@ -540,7 +540,6 @@ def calibration_samples(
     min_seqlen = 2 if bos is not None else 1
     if not isinstance(seqlen, int) or seqlen < min_seqlen:
         raise ValueError(f"seqlen={seqlen!r} must be an integer >= {min_seqlen}")
-    _check_split("calibration")
 
     ids = tokenize_text(tokenizer, load_text(source, "calibration"))
     body = seqlen - 1 if bos is not None else seqlen
