@@ -1,0 +1,165 @@
+"""Export an optimum-awp checkpoint to compressed-tensors' W4A16 ``pack-quantized`` layout.
+
+The export loads in plain transformers with the ``compressed-tensors`` package (and in vLLM) without
+optimum-awp. Per compressed linear ``<name>``:
+
+- ``<name>.weight_packed``  int32 (out, in // 8): signed INT4 values q + 8, nibble i at bits 4i
+  (``compressed_tensors.compressors.pack_quantized.helpers.pack_to_int32``, the same bits as optimum-awp's
+  ``qweight`` for "int4");
+- ``<name>.weight_scale``   (out, in // group_size) in the model dtype (one column for per-row scales);
+- ``<name>.weight_shape``   int64 [out, in];
+- ``<name>.weight_zero_point`` int32 (ceil(out / 8), n_groups): zero points packed along dim 0, asymmetric only.
+
+2:4 + INT4 weights are written as their dense INT4 codes, pruned entries at the code of an exact 0, so the
+export computes the same weights (it keeps the zeros, not the 2:4 speed-up). Weights without INT4 codes
+("2:4" alone, unstructured sparsity alone) cannot be exported: compressed-tensors 0.20 has no sparse
+compressor any more (its sparse-24-bitmask and marlin-24 formats are legacy, config only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import AWPConfig
+from .nn.linear import AWPLinear
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compressed_tensors_config", "export_compressed_tensors"]
+
+# Files of a checkpoint folder that the export copies unchanged (tokenizer, generation settings). Not the
+# model card: it tells readers to import optimum_awp, which the export does not need.
+COPIED_SUFFIXES = (".model", ".jinja")
+COPIED_NAMES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt")
+
+
+def _check_exportable(config: AWPConfig) -> None:
+    """Raise ValueError, naming the setting, when ``config`` has no pack-quantized equivalent."""
+    if config.bits != 4:
+        raise ValueError(
+            f"Cannot export bits={config.bits!r}, sparsity={config.sparsity!r} to compressed-tensors: "
+            "its only INT4 layout is pack-quantized W4A16, and compressed-tensors 0.20 has no sparse "
+            "compressor any more (sparse-24-bitmask / marlin-24 are legacy, config only), so a 2:4 or "
+            "unstructured weight without bits=4 has no exported form. Compress with bits=4, or keep "
+            "loading the checkpoint with optimum-awp."
+        )
+    if not config.compressed_modules:
+        raise ValueError("Nothing to export: quantization_config.compressed_modules is empty.")
+
+
+def compressed_tensors_config(config: AWPConfig, ignore: list[str]) -> dict:
+    """The compressed-tensors ``quantization_config`` (W4A16 pack-quantized) for an AWPConfig.
+
+    Args:
+        config: the optimum-awp config (bits 4, group_size, symmetric).
+        ignore: names of the nn.Linear modules left dense (lm_head...).
+    """
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    per_row = config.group_size == -1
+    weights = QuantizationArgs(
+        num_bits=4, type="int", symmetric=config.symmetric,
+        strategy="channel" if per_row else "group", group_size=None if per_row else config.group_size,
+    )
+    quant = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
+        format="pack-quantized", quantization_status="compressed", ignore=sorted(ignore),
+    )
+    return quant.to_dict()
+
+
+def _module_tensors(module: AWPLinear) -> dict[str, torch.Tensor]:
+    """compressed-tensors' tensors (local names) for one AWPLinear of an INT4 format."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    buffers = module.packed_buffers()
+    codes = module.unpack_codes()  # uint8 (out, in), pruned entries at the zero code
+    signed = (codes.to(torch.int16) - 8).to(torch.int8)
+    out = {
+        "weight_packed": pack_to_int32(signed, 4),
+        "weight_scale": buffers["scales"].contiguous(),
+        "weight_shape": torch.tensor([module.out_features, module.in_features], dtype=torch.int64),
+    }
+    if "zeros" in buffers:
+        zero_point = (buffers["zeros"].to(torch.int16) - 8).to(torch.int8)
+        out["weight_zero_point"] = pack_to_int32(zero_point, 4, packed_dim=0)
+    if module.bias is not None:
+        out["bias"] = module.bias
+    return out
+
+
+def _state_dict(model: nn.Module, compressed_modules: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The model's state dict with every AWPLinear's buffers replaced by compressed-tensors' tensors."""
+    state = {}
+    prefixes = tuple(f"{name}." for name in compressed_modules)
+    for key, tensor in model.state_dict().items():
+        if not key.startswith(prefixes):
+            state[key] = tensor
+    for name in compressed_modules:
+        module = model.get_submodule(name)
+        if not isinstance(module, AWPLinear):
+            raise ValueError(f"compressed_modules names {name!r} but the loaded module is a {type(module).__name__}.")
+        for local, tensor in _module_tensors(module).items():
+            state[f"{name}.{local}"] = tensor.contiguous()
+    return state
+
+
+def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                              max_shard_size: str = "5GB") -> Path:
+    """Write the optimum-awp checkpoint ``model_dir`` as a compressed-tensors checkpoint in ``out_dir``.
+
+    The result loads with ``AutoModelForCausalLM.from_pretrained(out_dir)`` in transformers with
+    ``compressed-tensors`` installed, without optimum-awp. Written to a temporary folder and renamed
+    into place when complete. Raises ValueError for checkpoints without INT4 codes (see module doc).
+    """
+    from huggingface_hub import save_torch_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .quantizer import register
+
+    register()
+    model_dir, out_dir = Path(model_dir), Path(out_dir).expanduser().absolute()
+    config = AutoConfig.from_pretrained(model_dir)
+    awp = getattr(config, "quantization_config", None)
+    if isinstance(awp, dict):
+        awp = AWPConfig.from_dict(awp)
+    if not isinstance(awp, AWPConfig):
+        raise ValueError(f"{model_dir} is not an optimum-awp checkpoint: its config.json has no quantization_config "
+                         "with quant_method 'awp'.")
+    _check_exportable(awp)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"out_dir {str(out_dir)!r} exists and is not empty.")
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="cpu")
+    dense = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and name not in awp.compressed_modules]
+    state = _state_dict(model, awp.compressed_modules)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        config_dict = model.config.to_dict()
+        config_dict["quantization_config"] = compressed_tensors_config(awp, dense)
+        (staged / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+        save_torch_state_dict(state, staged, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        for path in model_dir.iterdir():
+            if path.is_file() and (path.name in COPIED_NAMES or path.suffix in COPIED_SUFFIXES):
+                shutil.copy2(path, staged / path.name)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staged, out_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    logger.info("exported %d compressed modules of %s to compressed-tensors at %s",
+                len(awp.compressed_modules), model_dir, out_dir)
+    return out_dir

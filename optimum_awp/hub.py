@@ -1,0 +1,284 @@
+"""Save and share compressed models: an all-or-nothing ``save_pretrained``, the model card, ``push_to_hub``.
+
+``model.save_pretrained(dir)`` already writes the packed buffers (qweight int32, scales, values, meta...)
+and the ``quantization_config`` (with ``compressed_modules``). This module adds:
+
+- :func:`save_pretrained`: writes into a hidden temporary folder next to ``save_directory`` and renames it
+  into place only when everything is written, so an interrupted save never leaves a half-written model;
+  adds the tokenizer and a model card (README.md);
+- :func:`model_card`: a ``huggingface_hub.ModelCard`` with the base model, method and settings, size
+  before and after, perplexity before and after with the evaluation settings when known, and how to load;
+- :func:`push_to_hub`: the same folder uploaded with ``create_repo`` + ``upload_folder``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
+from torch import nn
+
+from .config import AWPConfig
+from .nn.linear import AWPLinear
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["model_card", "model_sizes", "push_to_hub", "save_pretrained"]
+
+
+# --- sizes ----------------------------------------------------------------------------------------------------
+
+def _unique_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and persistent buffer of ``model`` once (tied weights counted once)."""
+    seen, tensors = set(), []
+    for tensor in model.state_dict(keep_vars=True).values():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) if tensor.device.type != "meta" else id(tensor)
+        if key not in seen:
+            seen.add(key)
+            tensors.append(tensor)
+    return tensors
+
+
+def model_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the weights as stored now ("compressed") and as a dense model would store them ("dense").
+
+    The dense figure counts each ``AWPLinear`` weight as (out, in) in the model dtype; everything else
+    (embeddings, norms, biases, dense linears) counts as stored.
+    """
+    compressed = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
+    dense = compressed
+    for module in model.modules():
+        if isinstance(module, AWPLinear):
+            itemsize = torch.empty((), dtype=module.dtype).element_size()
+            dense += module.in_features * module.out_features * itemsize - module.weight_bytes()
+    return {"dense": dense, "compressed": compressed}
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
+# --- model card -----------------------------------------------------------------------------------------------
+
+SETTINGS = ("method", "sparsity", "bits", "group_size", "symmetric", "nsamples", "seqlen", "seed",
+            "max_iterations", "tolerance", "damping", "init", "modules_to_not_convert", "format_version")
+
+
+def _base_model(model: nn.Module, base_model: str | None) -> str | None:
+    if base_model is not None:
+        return base_model
+    quantizer = getattr(model, "hf_quantizer", None)
+    return getattr(quantizer, "base_model", None) or None
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+def model_card(
+    model: nn.Module,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    perplexity: Mapping[str, float] | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
+    calibration: str | None = None,
+) -> ModelCard:
+    """The model card (README.md) of a compressed model.
+
+    Args:
+        model: a model compressed with optimum-awp (its ``config.quantization_config`` is an AWPConfig).
+        repo_id: the Hub repo the card is for; the load snippet uses it (else a local folder placeholder).
+        base_model: the dense model's Hub id or path; defaults to what the quantizer saw on load.
+        perplexity: {"before": dense ppl, "after": compressed ppl}, either may be missing.
+        eval_settings: how the perplexity was measured, e.g. {"dataset": ..., "seqlen": ..., "tokens": ...}.
+        calibration: a description of the calibration text, e.g. "Wikipedia (gensim sample)".
+    """
+    config = getattr(model.config, "quantization_config", None)
+    if not isinstance(config, AWPConfig):
+        raise ValueError(f"model.config.quantization_config must be an AWPConfig to write an optimum-awp card, "
+                         f"got {type(config).__name__}.")
+    base = _base_model(model, base_model)
+    sizes = model_sizes(model)
+    data = ModelCardData(
+        base_model=base if _is_hub_id(base) else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["optimum-awp", "awp", "compressed"]
+        + (["int4"] if config.bits == 4 else []) + (["sparse"] if config.sparsity not in (None, 0) else []),
+    )
+    where = repo_id or "path/to/this/folder"
+    lines = [
+        f"# {repo_id.split('/')[-1] if repo_id else type(model).__name__} (optimum-awp)",
+        "",
+        f"{'`' + base + '`' if base else 'A causal LM'} compressed with "
+        f"optimum-awp, method **{config.method}**: {_describe(config)}.",
+        "",
+        "## Settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {name} | `{getattr(config, name)}` |" for name in SETTINGS],
+        f"| compressed modules | {len(config.compressed_modules or {})} "
+        f"({', '.join(sorted(set((config.compressed_modules or {}).values()))) or 'dense'}) |",
+    ]
+    if calibration:
+        lines.append(f"| calibration data | {calibration} |")
+    lines += [
+        "",
+        "## Size",
+        "",
+        "| | weights |",
+        "|---|---|",
+        f"| dense | {_human(sizes['dense'])} |",
+        f"| compressed | {_human(sizes['compressed'])} ({sizes['compressed'] / max(sizes['dense'], 1):.1%}) |",
+    ]
+    if perplexity:
+        lines += ["", "## Perplexity", "", "| model | perplexity |", "|---|---|"]
+        for key in ("before", "after"):
+            if perplexity.get(key) is not None:
+                lines.append(f"| {'dense' if key == 'before' else 'compressed'} | {perplexity[key]:.3f} |")
+        if eval_settings:
+            lines += ["", "Measured with " + ", ".join(f"{k}={v}" for k, v in eval_settings.items()) + "."]
+    lines += [
+        "",
+        "## How to load",
+        "",
+        "transformers has no plugin discovery for quantizers: `import optimum_awp` registers the `awp` "
+        "quantization method before the model loads (the packed modules are rebuilt, nothing is recompressed).",
+        "",
+        "```python",
+        "import optimum_awp  # registers quant_method 'awp' with transformers",
+        "from transformers import AutoModelForCausalLM, pipeline",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        f'pipe = pipeline("text-generation", model="{where}")',
+        "```",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _describe(config: AWPConfig) -> str:
+    parts = []
+    if isinstance(config.sparsity, str):
+        parts.append(f"{config.sparsity} semi-structured sparsity")
+    elif config.sparsity:
+        parts.append(f"{config.sparsity:.0%} unstructured sparsity")
+    if config.bits:
+        group = "per-row" if config.group_size == -1 else f"group {config.group_size}"
+        parts.append(f"INT{config.bits} weights ({group}, {'symmetric' if config.symmetric else 'asymmetric'})")
+    return " + ".join(parts)
+
+
+# --- save -----------------------------------------------------------------------------------------------------
+
+def _replace_directory(staged: Path, target: Path) -> None:
+    """Move the finished ``staged`` folder to ``target``; an existing ``target`` is replaced only at the end."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    if not target.is_dir():
+        raise ValueError(f"save_directory {str(target)!r} exists and is not a folder.")
+    if any(target.iterdir()) and not (target / "config.json").exists():
+        raise ValueError(f"save_directory {str(target)!r} is a non-empty folder that holds no model "
+                         "(no config.json); refusing to replace it.")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / "previous")
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(old / "previous", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    card: bool = True,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    perplexity: Mapping[str, float] | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
+    calibration: str | None = None,
+    **kwargs,
+) -> Path:
+    """Save a compressed model (and tokenizer, and model card) all or nothing.
+
+    Everything is written into a hidden folder next to ``save_directory`` (``.<name>.*.partial``) which is
+    renamed into place once complete; on any error or interruption the partial folder is removed and an
+    existing ``save_directory`` is left as it was. ``kwargs`` go to ``model.save_pretrained``
+    (e.g. ``max_shard_size``). Returns the path of the saved folder.
+    """
+    target = Path(save_directory).expanduser().absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        model.save_pretrained(staged, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staged)
+        if card:
+            model_card(model, repo_id=repo_id, base_model=base_model, perplexity=perplexity,
+                       eval_settings=eval_settings, calibration=calibration).save(staged / "README.md")
+        _replace_directory(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    logger.info("saved %s to %s", type(model).__name__, target)
+    return target
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    tokenizer: Any = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    base_model: str | None = None,
+    perplexity: Mapping[str, float] | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
+    calibration: str | None = None,
+    **kwargs,
+):
+    """Upload a compressed model, its tokenizer and its model card to the Hub repo ``repo_id``.
+
+    Creates the repo if needed (``create_repo(exist_ok=True)``), saves into a temporary folder with
+    :func:`save_pretrained`, and uploads it in one ``upload_folder`` commit. Returns the ``CommitInfo``.
+    """
+    if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise ValueError(f"repo_id must be 'name' or 'org/name', got {repo_id!r}.")
+    repo_url = create_repo(repo_id, private=private, token=token, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="optimum-awp-push-") as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", tokenizer=tokenizer, repo_id=repo_url.repo_id,
+                                 base_model=base_model, perplexity=perplexity, eval_settings=eval_settings,
+                                 calibration=calibration, **kwargs)
+        return upload_folder(
+            repo_id=repo_url.repo_id, folder_path=folder, token=token, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload {config_summary(model)} compressed with optimum-awp",
+        )
+
+
+def config_summary(model: nn.Module) -> str:
+    """A short description of the compression, e.g. "awp 2:4 + INT4 (group 128)"."""
+    config = getattr(model.config, "quantization_config", None)
+    if not isinstance(config, AWPConfig):
+        return type(model).__name__
+    return f"{config.method} {_describe(config)}"
