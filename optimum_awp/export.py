@@ -7,8 +7,9 @@ optimum-awp. Per compressed linear ``<name>``:
   (``compressed_tensors.compressors.pack_quantized.helpers.pack_to_int32``, the same bits as optimum-awp's
   ``qweight`` for "int4");
 - ``<name>.weight_scale``   (out, in // group_size) in the model dtype (one column for per-row scales);
-- ``<name>.weight_shape``   int64 [out, in];
-- ``<name>.weight_zero_point`` int32 (ceil(out / 8), n_groups): zero points packed along dim 0, asymmetric only.
+- ``<name>.weight_shape``   int64 [out, in].
+
+Only symmetric grids are exported (see ``_check_exportable`` for why asymmetric ones are refused).
 
 2:4 + INT4 weights are written as their dense INT4 codes, pruned entries at the code of an exact 0, so the
 export computes the same weights (it keeps the zeros, not the 2:4 speed-up). Weights without INT4 codes
@@ -52,6 +53,13 @@ def _check_exportable(config: AWPConfig) -> None:
             "unstructured weight without bits=4 has no exported form. Compress with bits=4, or keep "
             "loading the checkpoint with optimum-awp."
         )
+    if not config.symmetric:
+        raise ValueError(
+            "Cannot export symmetric=False to compressed-tensors: transformers 5 builds unpacked "
+            "weight_zero_point parameters (out, n_groups) before loading, while pack-quantized checkpoints store "
+            "them packed 8 per int32 along the output dimension, so an asymmetric export would not reload. "
+            "Compress with symmetric=True (the default) to export."
+        )
     if not config.compressed_modules:
         raise ValueError("Nothing to export: quantization_config.compressed_modules is empty.")
 
@@ -89,9 +97,6 @@ def _module_tensors(module: AWPLinear) -> dict[str, torch.Tensor]:
         "weight_scale": buffers["scales"].contiguous(),
         "weight_shape": torch.tensor([module.out_features, module.in_features], dtype=torch.int64),
     }
-    if "zeros" in buffers:
-        zero_point = (buffers["zeros"].to(torch.int16) - 8).to(torch.int8)
-        out["weight_zero_point"] = pack_to_int32(zero_point, 4, packed_dim=0)
     if module.bias is not None:
         out["bias"] = module.bias
     return out

@@ -264,6 +264,19 @@ def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn
     return model
 
 
+def mark_compressed(model, config: AWPConfig):
+    """Make a model compressed in memory by :func:`~optimum_awp.compress.compress` look like one loaded with
+    quant_method "awp": its config carries ``config`` (so ``save_pretrained`` writes a loadable checkpoint)
+    and ``model.hf_quantizer`` is an AWPQuantizer (so ``is_quantized``, ``dequantize()`` and saving work)."""
+    if config.compressed_modules is None:
+        raise ValueError("AWPConfig.compressed_modules is None: compress the model before marking it compressed.")
+    model.config.quantization_config = config
+    model.hf_quantizer = AWPQuantizer(config, pre_quantized=True)
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+    return model
+
+
 def register() -> None:
     """Register quant_method "awp" (AWPConfig and AWPQuantizer) with transformers; safe to call many times."""
     registered_config = AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD)
