@@ -247,16 +247,15 @@ def least_squares_scales(
     return dequant, new_scales
 
 
-def _start(
-    weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, init: str, projector: SparseProjector
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A feasible sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only)."""
+def _start(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A feasible sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only).
+
+    SparseGPT runs with ``per_row=True`` for unstructured sparsity, so its start is in AWP's set
+    (the reference's block-wide mask gives rows of unequal sparsity).
+    """
     sparse_spec = CompressionSpec(sparsity=spec.sparsity, pattern=spec.pattern)
-    start = get_solver(init)(weight, stats, sparse_spec)
-    if init == "sparsegpt" and spec.pattern is None:
-        # SparseGPT's mask is exact per block of columns, not per row: project onto the row set
-        mask = projector.full(start.weight)
-        return start.weight * mask, mask
+    options = {"per_row": True} if init == "sparsegpt" and spec.pattern is None else {}
+    start = get_solver(init)(weight, stats, sparse_spec, **options)
     return start.weight, start.mask
 
 
@@ -312,7 +311,7 @@ def solve(
     mask = None
     if spec.prunes:
         projector = SparseProjector(spec, in_features)
-        theta0, mask0 = _start(weight, stats, spec, init, projector)
+        theta0, mask0 = _start(weight, stats, spec, init)
         theta, mask, iterations = iht(
             target, c, theta0.to(dtype), mask0, projector, eta, scale=scale,
             max_iterations=max_iterations, tolerance=tolerance, momentum=momentum, norm=norm, history=history,

@@ -70,13 +70,16 @@ def obs_compress(
     damping: float = 0.01,
     dtype: torch.dtype = torch.float32,
     mask: torch.Tensor | None = None,
+    per_row: bool = False,
 ) -> Projected:
     """SparseGPT's blocked OBS on ``weight`` (out, in) with covariance (in, in): prune and/or quantize.
 
     A given ``mask`` (bool (out, in), True = kept) replaces the mask selection: the loop then
     prunes exactly those entries (and quantizes the others when ``spec.bits``), with the same
-    OBS error feedback. Returns the compressed point (weight float32 (out, in), mask, codes,
-    scales, zeros).
+    OBS error feedback. ``per_row=True`` (unstructured only) chooses the block's mask within each
+    row instead of over the whole block, pruning ``int(i2 * p) - int(i1 * p)`` entries of every row
+    in block [i1, i2), so every row ends with exactly ``int(in * p)`` pruned (AWP's set).
+    Returns the compressed point (weight float32 (out, in), mask, codes, scales, zeros).
     """
     if blocksize <= 0:
         raise ValueError(f"blocksize must be a positive int, got {blocksize!r}.")
@@ -121,7 +124,12 @@ def obs_compress(
             mask1 = ~mask[:, i1:i2]  # True = pruned
         else:
             mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        if sparsity > 0:
+        if sparsity > 0 and per_row:
+            tmp = w1**2 / d1.unsqueeze(0) ** 2
+            npruned = int(i2 * sparsity + _EPS) - int(i1 * sparsity + _EPS)
+            if npruned:
+                mask1.scatter_(1, torch.topk(tmp, npruned, dim=1, largest=False).indices, True)
+        elif sparsity > 0:
             tmp = w1**2 / d1.unsqueeze(0) ** 2
             npruned = int(tmp.numel() * sparsity + _EPS)
             if npruned:
@@ -194,16 +202,21 @@ def solve(
     blocksize: int = 128,
     damping: float = 0.01,
     dtype: torch.dtype = torch.float32,
+    per_row: bool = False,
 ) -> SolverResult:
     """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in).
 
     Options: ``blocksize`` (128), ``damping`` (0.01, fraction of the mean Hessian diagonal),
-    ``dtype`` (torch.float32 or torch.float64 for the OBS arithmetic).
+    ``dtype`` (torch.float32 or torch.float64 for the OBS arithmetic), ``per_row`` (False: the
+    reference's mask over each whole block; True: the same sparsity in every row, see
+    ``obs_compress``).
     """
     check_problem(weight, stats, spec)
     if not (spec.prunes or spec.quantizes):
         return Projected(weight.to(torch.float32).clone()).to_result(weight, stats.covariance)
-    point = obs_compress(weight, stats.covariance, spec, blocksize=blocksize, damping=damping, dtype=dtype)
+    point = obs_compress(
+        weight, stats.covariance, spec, blocksize=blocksize, damping=damping, dtype=dtype, per_row=per_row
+    )
     result = point.to_result(weight, stats.covariance)
     logger.debug("sparsegpt %s: objective %.4g", tuple(weight.shape), result.objective)
     return result

@@ -1,0 +1,145 @@
+"""awp: IHT monotonicity, near-optimality on tiny problems, the grid phase, and its helpers."""
+
+import itertools
+
+import pytest
+import torch
+from awp_solver_helpers import correlated_problem
+
+from optimum_awp.solvers import CompressionSpec, LayerStats, dequantize, get_solver
+from optimum_awp.solvers.awp import SparseProjector, lambda_max, least_squares_scales, prepare_covariance
+
+
+def _toeplitz_problem(seed, rho=0.3, out_features=6, in_features=8):
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.arange(in_features)
+    corr = rho ** (idx[:, None] - idx[None, :]).abs().float()
+    x = torch.linalg.cholesky(corr) @ torch.randn(in_features, 256, generator=gen)
+    x = x * torch.exp(0.5 * torch.randn(in_features, 1, generator=gen))
+    return torch.randn(out_features, in_features, generator=gen), LayerStats(covariance=x @ x.T / 256)
+
+
+def _best_support_objective(weight, covariance, k):
+    """Optimum over all supports of size k per row: least squares C_SS θ_S = (C w)_S."""
+    c = covariance.double()
+    total = 0.0
+    for w in weight.double():
+        best = float("inf")
+        for support in itertools.combinations(range(w.numel()), k):
+            s = list(support)
+            theta = torch.zeros_like(w)
+            theta[s] = torch.linalg.solve(c[s][:, s], (c @ w)[s])
+            d = w - theta
+            best = min(best, float(d @ c @ d))
+        total += best
+    return total / float(((weight.double() @ c) * weight.double()).sum())
+
+
+@pytest.mark.parametrize("spec", [CompressionSpec(sparsity=0.5), CompressionSpec(pattern=(2, 4))])
+@pytest.mark.parametrize("step", ["lambda_max", "diagonal"])
+def test_objective_never_increases_and_ends_below_wanda(spec, step):
+    weight, stats = correlated_problem(16, 64)
+    result = get_solver("awp")(weight, stats, spec, step=step, max_iterations=60, tolerance=0.0)
+    wanda = get_solver("wanda")(weight, stats, spec).objective
+    history = [wanda] + result.history
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(history, history[1:]))
+    assert result.iterations == 60 and len(result.history) == 60
+    assert result.objective < wanda
+    assert result.objective == pytest.approx(result.history[-1], rel=1e-4)
+
+
+def test_unstructured_result_is_near_the_enumerated_optimum():
+    ratios = []
+    for seed in range(4):
+        weight, stats = _toeplitz_problem(seed)
+        result = get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), max_iterations=300)
+        assert (result.mask.sum(dim=1) == 4).all()
+        ratios.append(result.objective / _best_support_objective(weight, stats.covariance, 4))
+    assert min(ratios) >= 1 - 1e-6
+    assert sum(ratios) / len(ratios) <= 1.05
+
+
+def test_tolerance_stops_early():
+    weight, stats = correlated_problem(8, 32)
+    result = get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), max_iterations=1000, tolerance=1e-2)
+    assert result.iterations < 1000
+
+
+@pytest.mark.parametrize("init", ["magnitude", "sparsegpt"])
+def test_other_starts_are_feasible_and_improved(init):
+    weight, stats = correlated_problem(16, 64)
+    spec = CompressionSpec(sparsity=0.5)
+    result = get_solver("awp")(weight, stats, spec, init=init, max_iterations=30)
+    assert (result.mask.sum(dim=1) == 32).all()
+    options = {"per_row": True} if init == "sparsegpt" else {}
+    assert result.objective <= get_solver(init)(weight, stats, spec, **options).objective
+    assert result.objective < get_solver("magnitude")(weight, stats, spec).objective
+
+
+def test_momentum_keeps_the_best_iterate():
+    weight, stats = correlated_problem(16, 64)
+    spec = CompressionSpec(pattern=(2, 4))
+    result = get_solver("awp")(weight, stats, spec, step="diagonal", momentum=True, max_iterations=30)
+    assert result.objective == pytest.approx(min(result.history), rel=1e-4)
+    assert result.objective < get_solver("awp")(weight, stats, spec, max_iterations=30).objective
+
+
+def test_pure_quantization_is_no_worse_than_gptq():
+    weight, stats = correlated_problem(16, 64)
+    for spec in (CompressionSpec(bits=4, group_size=32), CompressionSpec(bits=4, group_size=-1, symmetric=False)):
+        awp = get_solver("awp")(weight, stats, spec)
+        assert awp.objective <= get_solver("gptq")(weight, stats, spec).objective + 1e-9
+        assert torch.equal(dequantize(awp.codes, awp.scales, awp.zeros), awp.weight)
+
+
+@pytest.mark.parametrize("quant_init", ["obs", "project"])
+def test_joint_result_beats_wanda_plus_rtn(quant_init):
+    weight, stats = correlated_problem(16, 64)
+    spec = CompressionSpec(pattern=(2, 4), bits=4, group_size=32)
+    result = get_solver("awp")(weight, stats, spec, quant_init=quant_init, quant_iterations=3, max_iterations=30)
+    assert result.objective < get_solver("wanda")(weight, stats, spec).objective
+    assert (result.weight[~result.mask] == 0).all() and (result.codes[~result.mask] == 8).all()
+
+
+def test_least_squares_scales_match_lstsq_and_never_increase():
+    weight, stats = correlated_problem(4, 128)
+    spec = CompressionSpec(bits=4, group_size=32)
+    rtn = get_solver("rtn")(weight, stats, spec)
+    c = stats.covariance
+    dequant, scales = least_squares_scales(weight, c, rtn.codes, rtn.scales, None)
+    assert torch.equal(dequantize(rtn.codes, scales, None), dequant)
+    q = rtn.codes.double() - 8
+    root = torch.linalg.cholesky(c.double()).T  # C = root.T @ root
+    for r in range(4):
+        basis = torch.stack([q[r] * (torch.arange(128) // 32 == g) for g in range(4)])  # (groups, in)
+        # min_s ||(w - s @ basis) root.T||² : least squares with design (basis @ root.T).T
+        expected = torch.linalg.lstsq((basis @ root.T).T, (weight[r].double() @ root.T).unsqueeze(1)).solution.squeeze(1)
+        assert torch.allclose(scales[r].double(), expected, rtol=1e-3)
+    delta0, delta1 = weight - rtn.weight, weight - dequant
+    assert ((delta1 @ c) * delta1).sum() <= ((delta0 @ c) * delta0).sum()
+
+
+def test_lambda_max_matches_eigvalsh_from_above():
+    _, stats = correlated_problem(4, 32)
+    exact = float(torch.linalg.eigvalsh(stats.covariance.double())[-1])
+    estimate = lambda_max(stats.covariance)
+    assert exact <= estimate <= exact * 1.02
+
+
+def test_dead_inputs_are_handled():
+    weight, stats = correlated_problem(8, 32)
+    c = stats.covariance.clone()
+    c[:4, :] = 0
+    c[:, :4] = 0
+    prepared, dead = prepare_covariance(c, damping=0.01)
+    assert dead[:4].all() and not dead[4:].any() and torch.equal(prepared, prepared.T)
+    result = get_solver("awp")(weight, LayerStats(c), CompressionSpec(sparsity=0.25, bits=4, group_size=-1))
+    assert torch.isfinite(result.weight).all() and not result.mask[:, :4].any()
+
+
+def test_projector_reuses_valid_support_and_recomputes_stale_rows():
+    projector = SparseProjector(CompressionSpec(sparsity=0.5), 4)
+    z = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    current = torch.tensor([[False, False, True, True], [False, False, True, True]])
+    mask = projector(z, current)
+    assert mask.tolist() == [[True, True, False, False], [False, False, True, True]]  # ties keep the support
