@@ -110,7 +110,7 @@ def _describe_model(name_or_path: str | None) -> str:
     from .data import EMBEDDED_MODEL_DESCRIPTION, embedded_model
 
     if name_or_path is None:
-        return f"embedded {EMBEDDED_MODEL_DESCRIPTION}, the dense model here, at {embedded_model()}"
+        return f"embedded {EMBEDDED_MODEL_DESCRIPTION} = the dense baseline, at {embedded_model()}"
     return name_or_path
 
 
