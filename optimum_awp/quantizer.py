@@ -30,7 +30,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 
 from .compress import compress
-from .config import AWPConfig
+from .config import FORMAT_VERSION, AWPConfig
 from .nn.formats import FORMATS
 from .nn.linear import AWPLinear
 
@@ -226,7 +226,7 @@ def check_checkpoint(model: nn.Module, compressed_modules: dict[str, str], check
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise CheckpointError(f"This optimum-awp checkpoint does not match its quantization_config "
-                              f"(format_version {AWPConfig().format_version}): {shown}.")
+                              f"(format_version {FORMAT_VERSION}): {shown}.")
 
 
 def check_loaded(model: nn.Module, compressed_modules: dict[str, str]) -> None:
