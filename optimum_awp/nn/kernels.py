@@ -62,7 +62,7 @@ class KernelOptions:
             (they would lose their memory saving; they dequantize per call at many tokens instead).
     """
 
-    cpu_int4_max_tokens: int = 32
+    cpu_int4_max_tokens: int = 64
     cuda_int4_max_tokens: int = 32
     cuda_2of4_min_tokens: int = 256
     cache_dense: bool | None = None
