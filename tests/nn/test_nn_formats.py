@@ -220,3 +220,10 @@ def test_buffer_shapes(name, expected):
 def test_buffer_shapes_refuse_indivisible(name, in_features, group_size, match):
     with pytest.raises(ValueError, match=match):
         F.get_format(name).buffer_shapes(8, in_features, group_size, True, torch.bfloat16)
+
+
+def test_int4_packing_is_compressed_tensors_pack_quantized():
+    helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
+    codes = torch.randint(0, 16, (8, 256), dtype=torch.uint8)
+    signed = (codes.to(torch.int16) - 8).to(torch.int8)
+    assert torch.equal(F.pack_int4(codes), helpers.pack_to_int32(signed, 4))
