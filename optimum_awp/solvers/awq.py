@@ -113,12 +113,12 @@ def search_clip(
     m = None if mask is None else mask.reshape(out_features, ngroups, g)
     c = covariance.to(torch.float32)
     blocks = torch.stack([c[k * g : (k + 1) * g, k * g : (k + 1) * g] for k in range(ngroups)])  # (G, g, g)
-    kept = w if m is None else torch.where(m, w, torch.zeros((), dtype=w.dtype))
+    kept = w if m is None else torch.where(m, w, torch.zeros((), dtype=w.dtype, device=w.device))
     hi = kept.amax(dim=-1, keepdim=True).clamp(min=0)
     lo = kept.amin(dim=-1, keepdim=True).clamp(max=0)
 
-    best_err = torch.full((out_features, ngroups), float("inf"))
-    best_ratio = torch.ones(out_features, ngroups, 1)
+    best_err = torch.full((out_features, ngroups), float("inf"), device=w.device)
+    best_ratio = torch.ones(out_features, ngroups, 1, device=w.device)
     for step in range(max(1, int(max_shrink * n_grid))):
         ratio = 1.0 - step / n_grid
         clipped = torch.clamp(w, ratio * lo, ratio * hi)

@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-9
 
 
-def inverse_hessian_cholesky(covariance: torch.Tensor, damping: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_hessian_cholesky(
+    covariance: torch.Tensor, damping: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of ``(2C + damp I)^-1`` (in, in) and the dead-input mask (in,).
 
     Dead inputs (zero diagonal) get a unit diagonal. When the damped Hessian is still not positive
@@ -150,10 +152,9 @@ def obs_compress(
                 if mask is not None:
                     known = mask[:, col : col + group]
                 else:
-                    known = torch.cat(
-                        [~mask1[:, i : min(count, i + group)], torch.ones_like(current[:, count - i :], dtype=torch.bool)],
-                        dim=1,
-                    )
+                    inside = ~mask1[:, i : min(count, i + group)]
+                    beyond = torch.ones_like(current[:, count - i :], dtype=torch.bool)  # not chosen yet
+                    known = torch.cat([inside, beyond], dim=1)
                 s, z = grid_params(current, spec.bits, spec.symmetric, known)
                 scales[:, g], zeros[:, g] = s.squeeze(1), z.squeeze(1)
             if quantizes:

@@ -113,7 +113,8 @@ def test_least_squares_scales_match_lstsq_and_never_increase():
     for r in range(4):
         basis = torch.stack([q[r] * (torch.arange(128) // 32 == g) for g in range(4)])  # (groups, in)
         # min_s ||(w - s @ basis) root.T||² : least squares with design (basis @ root.T).T
-        expected = torch.linalg.lstsq((basis @ root.T).T, (weight[r].double() @ root.T).unsqueeze(1)).solution.squeeze(1)
+        design, rhs = (basis @ root.T).T, (weight[r].double() @ root.T).unsqueeze(1)
+        expected = torch.linalg.lstsq(design, rhs).solution.squeeze(1)
         assert torch.allclose(scales[r].double(), expected, rtol=1e-3)
     delta0, delta1 = weight - rtn.weight, weight - dequant
     assert ((delta1 @ c) * delta1).sum() <= ((delta0 @ c) * delta0).sum()
@@ -143,3 +144,15 @@ def test_projector_reuses_valid_support_and_recomputes_stale_rows():
     current = torch.tensor([[False, False, True, True], [False, False, True, True]])
     mask = projector(z, current)
     assert mask.tolist() == [[True, True, False, False], [False, False, True, True]]  # ties keep the support
+
+
+@pytest.mark.parametrize(
+    "options", [{"dtype": torch.float64}, {"damping": 0.01}, {"step": "diagonal", "dtype": torch.float64}]
+)
+def test_float64_and_damping_paths(options):
+    weight, stats = correlated_problem(8, 64)
+    spec = CompressionSpec(sparsity=0.5, bits=4, group_size=32, symmetric=False)
+    result = get_solver("awp")(weight, stats, spec, max_iterations=20, **options)
+    assert result.weight.dtype == torch.float32 and torch.isfinite(result.weight).all()
+    assert torch.equal(dequantize(result.codes, result.scales, result.zeros), result.weight)
+    assert result.objective < get_solver("wanda")(weight, stats, spec).objective

@@ -14,8 +14,14 @@ def _options(method):
     return FAST_AWP if method == "awp" else {}
 
 
-@pytest.mark.parametrize("spec", [CompressionSpec(sparsity=0.5), CompressionSpec(pattern=(2, 4)),
-                                  CompressionSpec(pattern=(2, 4), bits=4, group_size=32)])
+IDENTITY_SPECS = [
+    CompressionSpec(sparsity=0.5),
+    CompressionSpec(pattern=(2, 4)),
+    CompressionSpec(pattern=(2, 4), bits=4, group_size=32),
+]
+
+
+@pytest.mark.parametrize("spec", IDENTITY_SPECS)
 def test_wanda_equals_magnitude_when_covariance_is_identity(spec):
     weight, stats = identity_problem()
     a = get_solver("wanda")(weight, stats, spec)
@@ -51,10 +57,17 @@ def test_rtn_with_sparsity_is_magnitude_mask_then_grid():
     assert (a.mask.sum(dim=1) == 32).all()
 
 
+CONTRACT_SPECS = [
+    CompressionSpec(pattern=(2, 4)),
+    CompressionSpec(pattern=(4, 8), bits=4, group_size=32),
+    CompressionSpec(sparsity=0.5),
+    CompressionSpec(bits=4, group_size=32, symmetric=False),
+    CompressionSpec(bits=4, group_size=-1),
+]
+
+
 @pytest.mark.parametrize("method", ALL)
-@pytest.mark.parametrize("spec", [CompressionSpec(pattern=(2, 4)), CompressionSpec(pattern=(4, 8), bits=4, group_size=32),
-                                  CompressionSpec(sparsity=0.5), CompressionSpec(bits=4, group_size=32, symmetric=False),
-                                  CompressionSpec(bits=4, group_size=-1)])
+@pytest.mark.parametrize("spec", CONTRACT_SPECS)
 def test_every_solver_result_obeys_the_contract(method, spec):
     weight, stats = correlated_problem(8, 64)
     solve = get_solver(method)

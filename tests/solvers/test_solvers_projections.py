@@ -73,7 +73,8 @@ def test_grid_levels_codes_and_dequant_formula(group_size, symmetric):
     assert scales.shape == (4, 512 // g) and scales.dtype == torch.float32
     assert (zeros is None) == symmetric
     if not symmetric:
-        assert zeros.shape == scales.shape and torch.equal(zeros, zeros.round()) and zeros.min() >= 0 and zeros.max() <= 15
+        assert zeros.shape == scales.shape and torch.equal(zeros, zeros.round())
+        assert zeros.min() >= 0 and zeros.max() <= 15
     # dequant equals the codes formula, exactly
     z = torch.full_like(scales, 8.0) if symmetric else zeros
     by_formula = (codes.float().reshape(4, -1, g) - z.unsqueeze(-1)) * scales.unsqueeze(-1)

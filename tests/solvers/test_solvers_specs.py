@@ -26,8 +26,13 @@ def test_bad_specs_are_refused(kwargs):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("spec,match", [(CompressionSpec(pattern=(2, 4), bits=4, group_size=32), "divisible by M"),
-                                        (CompressionSpec(bits=4, group_size=64), "divisible by group_size")])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        (CompressionSpec(pattern=(2, 4), bits=4, group_size=32), "divisible by M"),
+        (CompressionSpec(bits=4, group_size=64), "divisible by group_size"),
+    ],
+)
 def test_shape_errors_come_before_work(method, spec, match):
     weight = torch.randn(4, 30 if spec.pattern else 96)
     stats = LayerStats(covariance=torch.full((2, 2), float("nan")))  # wrong and poisoned: never reached
@@ -39,7 +44,8 @@ def test_shape_errors_come_before_work(method, spec, match):
 def test_covariance_shape_mismatch_is_refused(method):
     weight, stats = correlated_problem(4, 16)
     with pytest.raises(ValueError, match="covariance"):
-        get_solver(method)(weight, LayerStats(covariance=stats.covariance[:8, :8]), CompressionSpec(bits=4, group_size=-1))
+        stats = LayerStats(covariance=stats.covariance[:8, :8])
+        get_solver(method)(weight, stats, CompressionSpec(bits=4, group_size=-1))
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
@@ -49,10 +55,19 @@ def test_methods_that_need_bits_refuse_pruning_only(method):
         get_solver(method)(weight, stats, CompressionSpec(sparsity=0.5))
 
 
-@pytest.mark.parametrize("method,options", [("magnitude", {"foo": 1}), ("awp", {"init": "gptq"}), ("awp", {"step": "newton"}),
-                                            ("awp", {"max_iterations": -1}), ("awp", {"quant_init": "rtn"}),
-                                            ("sparsegpt", {"blocksize": 0}), ("sparsegpt", {"damping": -1.0}),
-                                            ("awq", {"max_shrink": 1.0})])
+BAD_OPTIONS = [
+    ("magnitude", {"foo": 1}),
+    ("awp", {"init": "gptq"}),
+    ("awp", {"step": "newton"}),
+    ("awp", {"max_iterations": -1}),
+    ("awp", {"quant_init": "rtn"}),
+    ("sparsegpt", {"blocksize": 0}),
+    ("sparsegpt", {"damping": -1.0}),
+    ("awq", {"max_shrink": 1.0}),
+]
+
+
+@pytest.mark.parametrize("method,options", BAD_OPTIONS)
 def test_bad_options_are_refused(method, options):
     weight, stats = correlated_problem(4, 16)
     with pytest.raises((ValueError, TypeError)):
