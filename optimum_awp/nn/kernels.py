@@ -289,8 +289,9 @@ class CpuInt4Kernel(Kernel):
 
     def run(self, module, layout, x):
         packed, group, sz = layout
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group, sz)
-        return y.to(x.dtype)
+        if x.dtype == torch.bfloat16:
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group, sz).to(x.dtype)
 
 
 _CUDA_CAPABILITY: dict[int, tuple[int, int]] = {}
@@ -342,8 +343,9 @@ class CudaInt4Kernel(Kernel):
 
     def run(self, module, layout, x):
         packed, group, sz = layout
-        y = torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, group, sz)
-        return y.to(x.dtype)
+        if x.dtype == torch.bfloat16:
+            return torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)
+        return torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, group, sz).to(x.dtype)
 
 
 def _semi_structured_class():
