@@ -216,6 +216,243 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# compress, export, bench (transformers integration: quantizer, hub, export)
+# --------------------------------------------------------------------------------------------
+
+
+def _config_default(name: str):
+    """The AWPConfig default of field ``name`` (so the CLI defaults never drift from the config's)."""
+    import dataclasses
+
+    from .config import AWPConfig
+
+    return next(f.default for f in dataclasses.fields(AWPConfig) if f.name == name)
+
+
+def _sparsity(text: str) -> float | str:
+    """'N:M' stays a string; anything else must be a fraction."""
+    if ":" in text:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'N:M' (e.g. 2:4) nor a fraction (e.g. 0.5)") from None
+
+
+def _compress_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import GROUP_SIZES, INITS, METHODS
+    from .data import DEFAULT_SOURCE, TEXT_SOURCES
+
+    parser.add_argument(
+        "model", nargs="?", default=None,
+        help="dense checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", required=True, help="folder for the compressed checkpoint (written all or nothing)")
+    what = parser.add_argument_group("compression (AWPConfig)")
+    what.add_argument("--method", choices=METHODS, default=_config_default("method"), help="solver (default: %(default)s)")
+    what.add_argument(
+        "--sparsity", type=_sparsity, default=None,
+        help="'N:M' semi-structured (e.g. 2:4) or a fraction pruned per row (e.g. 0.5); default: no pruning",
+    )  # fmt: skip
+    what.add_argument("--bits", type=int, choices=[4], default=None, help="INT4 weights (default: keep floats)")
+    what.add_argument(
+        "--group-size", type=int, choices=GROUP_SIZES, default=_config_default("group_size"),
+        help="inputs sharing one INT4 scale, -1 for one per row (default: %(default)s)",
+    )  # fmt: skip
+    what.add_argument("--asymmetric", action="store_true", help="asymmetric INT4 grid with zero points (default: symmetric)")
+    what.add_argument(
+        "--keep-dense", nargs="+", default=["lm_head"], metavar="MODULE",
+        help="module names or name suffixes left dense (default: lm_head)",
+    )  # fmt: skip
+    data = parser.add_argument_group("calibration")
+    data.add_argument(
+        "--dataset", default=DEFAULT_SOURCE,
+        help=f"calibration text: one of {sorted(TEXT_SOURCES)} or a UTF-8 text file (default: {DEFAULT_SOURCE})",
+    )  # fmt: skip
+    data.add_argument("--nsamples", type=_positive_int, default=_config_default("nsamples"), help="calibration sequences (default: %(default)s)")
+    data.add_argument("--seqlen", type=_positive_int, default=_config_default("seqlen"), help="tokens per calibration sequence (default: %(default)s)")
+    data.add_argument("--seed", type=int, default=_config_default("seed"), help="seed of the sample choice (default: %(default)s)")
+    solver = parser.add_argument_group("solver options (used by the methods that take them)")
+    solver.add_argument("--max-iterations", type=int, default=_config_default("max_iterations"), help="AWP iteration cap (default: %(default)s)")
+    solver.add_argument("--tolerance", type=float, default=_config_default("tolerance"), help="AWP relative stopping tolerance (default: %(default)s)")
+    solver.add_argument("--damping", type=float, default=_config_default("damping"), help="diagonal damping of C, fraction of its mean (default: %(default)s)")
+    solver.add_argument("--init", choices=INITS, default=_config_default("init"), help="AWP starting point (default: %(default)s)")
+    check = parser.add_argument_group("evaluation (written to the model card)")
+    check.add_argument("--eval", action="store_true", help="measure perplexity before and after compression")
+    check.add_argument("--eval-dataset", default=None, help="evaluation text (default: --dataset's evaluation part)")
+    check.add_argument("--eval-seqlen", type=_positive_int, default=2048, help="evaluation window length (default: %(default)s)")
+    check.add_argument("--eval-windows", type=_positive_int, default=None, help="evaluate at most this many windows (default: all)")
+    share = parser.add_argument_group("sharing")
+    share.add_argument("--push-to-hub", metavar="ORG/NAME", default=None, help="also upload the checkpoint and its card to this Hub repo")
+    share.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_runtime_arguments(parser)
+
+
+def _eval_settings(args: argparse.Namespace, result) -> dict[str, object]:
+    from .data import describe_source
+
+    return {"text": f"{describe_source(args.eval_dataset or args.dataset)}, evaluation part",
+            "seqlen": result.seqlen, "windows": result.windows, "tokens": result.tokens}
+
+
+@register_command("compress", "compress a causal LM (pruning, INT4) and save it, optionally to the Hub", _compress_arguments)
+def run_compress(args: argparse.Namespace) -> int:
+    """``optimum-awp compress [MODEL] -o DIR``: validate, load, (evaluate,) compress, (evaluate,) save, (push)."""
+    from .config import AWPConfig
+    from .data import EMBEDDED_MODEL_DESCRIPTION, describe_source
+    from .evaluate import load_model, perplexity
+    from .hub import model_sizes, push_to_hub
+    from .optimum import AWPOptimumQuantizer
+
+    # Validated before anything is loaded.
+    config = AWPConfig(
+        method=args.method, sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
+        symmetric=not args.asymmetric, dataset=args.dataset, nsamples=args.nsamples, seqlen=args.seqlen,
+        seed=args.seed, max_iterations=args.max_iterations, tolerance=args.tolerance, damping=args.damping,
+        init=args.init, modules_to_not_convert=args.keep_dense,
+    )  # fmt: skip
+    _apply_threads(args)
+    _print_settings({"model": _describe_model(args.model), "method": f"{config.method}, sparsity={config.sparsity}, "
+                     f"bits={config.bits}, group_size={config.group_size}, symmetric={config.symmetric}",
+                     "calibrate": f"{config.nsamples} x {config.seqlen} tokens of {describe_source(args.dataset)}"})
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    measure = dict(seqlen=args.eval_seqlen, nwindows=args.eval_windows, progress=args.progress)
+    eval_source = args.eval_dataset or args.dataset
+    before = perplexity(model, tokenizer, eval_source, **measure) if args.eval else None
+    if before is not None:
+        print(f"dense perplexity: {before.ppl:.4f} ({before.tokens:,} tokens)")
+    quantizer = AWPOptimumQuantizer(model, tokenizer)
+    report = quantizer.compress(config, progress=args.progress, device=args.device)
+    kept = f"; kept dense: {', '.join(report.skipped)}" if report.skipped else ""
+    print(f"compressed {len(report.layers)} linears in {report.seconds:.1f} s "
+          f"(mean relative layer objective {report.mean_objective:.5f}{kept})")
+    after = perplexity(model, tokenizer, eval_source, **measure) if args.eval else None
+    if after is not None:
+        print(f"compressed perplexity: {after.ppl:.4f}")
+    card = {
+        "base_model": args.model or EMBEDDED_MODEL_DESCRIPTION,
+        "perplexity": {"before": before.ppl, "after": after.ppl} if args.eval else None,
+        "eval_settings": _eval_settings(args, after) if args.eval else None,
+        "calibration": describe_source(args.dataset),
+    }
+    folder = quantizer.save(args.output, **card)
+    sizes = model_sizes(model)
+    print(f"weights: {sizes['dense'] / 2**20:.1f} MiB dense -> {sizes['compressed'] / 2**20:.1f} MiB "
+          f"({sizes['compressed'] / sizes['dense']:.1%}); saved to {folder}")
+    if args.push_to_hub:
+        commit = push_to_hub(model, args.push_to_hub, tokenizer=tokenizer, private=args.private or None, **card)
+        print(f"pushed to {args.push_to_hub}: {commit.commit_url}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="optimum-awp checkpoint folder or Hub id")
+    parser.add_argument(
+        "--format", choices=["compressed-tensors"], default="compressed-tensors",
+        help="target layout: compressed-tensors' W4A16 pack-quantized, loadable by plain transformers "
+        "with compressed-tensors and by vLLM (INT4 checkpoints only; default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", required=True, help="new folder for the export (must not hold files)")
+
+
+@register_command("export", "convert an optimum-awp checkpoint for use without optimum-awp", _export_arguments)
+def run_export(args: argparse.Namespace) -> int:
+    """``optimum-awp export DIR --format compressed-tensors -o OUT``."""
+    from .export import export_compressed_tensors
+
+    out = export_compressed_tensors(args.model, args.output)
+    print(f"exported {args.model} as {args.format} to {out}; it loads with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and compressed-tensors installed")
+    return 0
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", default=None,
+        help="checkpoint folder or Hub id, compressed or dense (default: the embedded Gemma-3-270M)",
+    )  # fmt: skip
+    add_perplexity_arguments(parser, seqlen=512, nwindows=16)
+    parser.add_argument("--no-ppl", dest="ppl", action="store_false", help="skip the perplexity")
+    parser.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prompt length for the speed runs (default: %(default)s)")
+    parser.add_argument("--new-tokens", type=_positive_int, default=64, help="greedy tokens generated per speed run (default: %(default)s)")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="speed runs; the median is reported (default: %(default)s)")
+    add_runtime_arguments(parser)
+
+
+def _checkpoint_bytes(name_or_path: str | None) -> int | None:
+    """Bytes of the safetensors files of a local checkpoint folder (None for Hub ids)."""
+    from pathlib import Path
+
+    from .data import embedded_model
+
+    folder = Path(embedded_model() if name_or_path is None else name_or_path)
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def _speed(model, prompt, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s): medians over ``repeats`` greedy generations of ``new_tokens``."""
+    import statistics
+
+    import torch
+
+    prefill, decode = [], []
+    with torch.inference_mode():
+        model(prompt)  # warm-up: kernel layouts are built on the first forward
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(prompt)
+            prefill.append(prompt.shape[1] / (time.perf_counter() - start))
+            start = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            seconds = time.perf_counter() - start - prompt.shape[1] / prefill[-1]
+            decode.append((out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9))
+    return statistics.median(prefill), statistics.median(decode)
+
+
+@register_command("bench", "size, perplexity and generation speed of a checkpoint", _bench_arguments)
+def run_bench(args: argparse.Namespace) -> int:
+    """``optimum-awp bench [MODEL]``: bytes on disk and in memory, perplexity, prefill and decode tokens/s."""
+    import torch
+
+    from .config import AWPConfig
+    from .data import eval_tokens
+    from .evaluate import load_model, perplexity
+    from .hub import config_summary, model_sizes
+    from .quantizer import register
+
+    register()  # so that a compressed checkpoint loads as one (importing optimum_awp does it too)
+    _apply_threads(args)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    quant = getattr(model.config, "quantization_config", None)
+    sizes = model_sizes(model)
+    on_disk = _checkpoint_bytes(args.model)
+    _print_settings({
+        "model": _describe_model(args.model),
+        "format": f"{config_summary(model)}, {len(quant.compressed_modules or {})} packed linears"
+        if isinstance(quant, AWPConfig) else "dense (not compressed by optimum-awp)",
+        "on disk": f"{on_disk / 2**20:.2f} MiB" if on_disk is not None else "(not a local folder)",
+        "weights": f"{sizes['compressed'] / 2**20:.2f} MiB in memory ({sizes['compressed'] / sizes['dense']:.1%} "
+                   f"of {sizes['dense'] / 2**20:.2f} MiB dense)",
+        "threads": torch.get_num_threads(),
+    })  # fmt: skip
+    if args.ppl:
+        result = perplexity(
+            model, tokenizer, args.dataset, seqlen=args.seqlen, nwindows=args.nwindows,
+            batch_size=args.batch_size, add_bos=None if args.add_bos else False, progress=args.progress,
+        )  # fmt: skip
+        print(f"perplexity: {result.ppl:.4f} ({result.tokens:,} tokens, {result.windows} windows of {result.seqlen})")
+    tokens = eval_tokens(tokenizer, args.dataset)[: args.prompt_tokens]
+    bos = [tokenizer.bos_token_id] if args.add_bos and tokenizer.bos_token_id is not None else []
+    prompt = torch.tensor([bos + tokens.tolist()], device=next(model.parameters()).device)
+    prefill, decode = _speed(model, prompt, args.new_tokens, args.repeats)
+    print(f"speed: prefill {prefill:,.1f} tokens/s ({prompt.shape[1]}-token prompt), "
+          f"decode {decode:,.1f} tokens/s (batch 1, {args.new_tokens} greedy tokens, median of {args.repeats})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 

@@ -82,13 +82,28 @@ class AWPOptimumQuantizer(OptimumQuantizer):
         """
         if file_prefix is not None:
             raise ValueError(f"file_prefix must be None for transformers checkpoints, got {file_prefix!r}.")
+        report = self.compress(quantization_config, data, progress=progress)
+        self.save(save_dir, **save_kwargs)
+        return report
+
+    def compress(self, quantization_config: AWPConfig, data: Any = None, *, progress: bool = True,
+                 device: Any = None) -> CompressionReport:
+        """The first half of :meth:`quantize`: compress the model in memory (e.g. to evaluate it before saving)."""
         if not isinstance(quantization_config, AWPConfig):
             raise ValueError(f"quantization_config must be an AWPConfig, got {type(quantization_config).__name__}.")
+        if self.report is not None:
+            raise ValueError("This quantizer's model is already compressed; build a new AWPOptimumQuantizer.")
         register()
         base_model = self.model.name_or_path or None
         tokenizer = self.tokenizer if self.tokenizer is not None else quantization_config.tokenizer
         quantization_config.modules_to_not_convert = modules_left_dense(self.model, quantization_config)
-        self.report = compress(self.model, quantization_config, data, tokenizer=tokenizer, progress=progress)
+        self.report = compress(self.model, quantization_config, data, tokenizer=tokenizer, device=device,
+                               progress=progress)
         mark_compressed(self.model, quantization_config).hf_quantizer.base_model = base_model
-        save_pretrained(self.model, Path(save_dir), tokenizer=self.tokenizer, **save_kwargs)
         return self.report
+
+    def save(self, save_dir: str | os.PathLike, **save_kwargs) -> Path:
+        """The second half of :meth:`quantize`: :func:`optimum_awp.hub.save_pretrained` with the tokenizer."""
+        if self.report is None:
+            raise ValueError("Nothing to save yet: call compress() or quantize() first.")
+        return save_pretrained(self.model, Path(save_dir), tokenizer=self.tokenizer, **save_kwargs)

@@ -1,0 +1,89 @@
+"""The compress, export and bench subcommands of the optimum-awp command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hub_server import HubServer
+from huggingface_hub import ModelCard
+from tiny_checkpoints import TEXTS, save_dense
+from transformers import AutoModelForCausalLM
+
+from optimum_awp import cli
+from optimum_awp.nn import AWPLinear
+from optimum_awp.quantizer import register
+
+register()
+
+TINY = ["--nsamples", "4", "--seqlen", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    text = root / "text.txt"
+    text.write_text("\n\n".join(TEXTS * 30), encoding="utf-8")
+    return save_dense(root / "dense"), text
+
+
+def test_help_documents_every_option(capsys):
+    for command, options in {
+        "compress": ("--method", "--sparsity", "--bits", "--group-size", "--asymmetric", "--keep-dense", "--dataset",
+                     "--nsamples", "--seqlen", "--seed", "--max-iterations", "--tolerance", "--damping", "--init",
+                     "--eval", "--eval-seqlen", "--eval-windows", "--push-to-hub", "--private", "-o", "--dtype"),
+        "export": ("--format", "compressed-tensors", "-o"),
+        "bench": ("--prompt-tokens", "--new-tokens", "--repeats", "--no-ppl", "--dataset", "--seqlen"),
+    }.items():
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        for option in options:
+            assert option in out, (command, option)
+
+
+def test_compress_export_bench(files, tmp_path, capsys):
+    dense, text = files
+    out = tmp_path / "out"
+    code = cli.main(["compress", str(dense), "-o", str(out), "--method", "wanda", "--sparsity", "2:4", "--bits", "4",
+                     "--dataset", str(text), "--eval", "--eval-seqlen", "16", "--eval-windows", "8", *TINY])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dense perplexity" in printed and "compressed perplexity" in printed and "compressed 14 linears" in printed
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(model.get_submodule("model.layers.1.mlp.down_proj"), AWPLinear)
+    card = ModelCard.load(out / "README.md").text
+    assert "## Perplexity" in card and "seqlen=16, windows=8" in card and "text file" in card
+
+    assert cli.main(["export", str(out), "--format", "compressed-tensors", "-o", str(tmp_path / "ct")]) == 0
+    assert (tmp_path / "ct" / "model.safetensors").exists()
+
+    assert cli.main(["bench", str(out), "--dataset", str(text), "--seqlen", "16", "--nwindows", "4",
+                     "--prompt-tokens", "8", "--new-tokens", "4", "--repeats", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "2:4 semi-structured sparsity + INT4" in printed and "14 packed linears" in printed
+    assert "perplexity:" in printed and "decode" in printed and "tokens/s" in printed
+
+
+def test_compress_refuses_bad_settings_before_loading(tmp_path, capsys):
+    code = cli.main(["compress", str(tmp_path / "does-not-exist"), "-o", str(tmp_path / "out"), "--sparsity", "0"])
+    assert code == 2
+    assert "AWPConfig.sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compress_push_to_hub(files, tmp_path):
+    dense, text = files
+    with HubServer() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_TOKEN": "hf_test",
+               "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        run = subprocess.run(
+            [sys.executable, "-m", "optimum_awp.cli", "--log-level", "WARNING", "compress", str(dense),
+             "-o", str(tmp_path / "out"), "--method", "rtn", "--bits", "4", "--dataset", str(text), *TINY,
+             "--push-to-hub", "org/tiny-int4"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-4000:]
+        files_on_hub = set(hub.repos["org/tiny-int4"].files)
+    assert "pushed to org/tiny-int4" in run.stdout
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= files_on_hub
