@@ -118,9 +118,23 @@ def _state_dict(model: nn.Module, compressed_modules: dict[str, str]) -> dict[st
     return state
 
 
+def _local_folder(model_dir: str | os.PathLike) -> Path:
+    """``model_dir`` itself when it is a folder, else the local snapshot of the Hub repo it names."""
+    if Path(model_dir).is_dir():
+        return Path(model_dir)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(os.fspath(model_dir)))
+    except Exception as err:  # HFValidationError, offline, not found: all mean "cannot read it"
+        raise ValueError(f"model_dir {os.fspath(model_dir)!r} is neither a local folder nor a reachable Hub repo "
+                         f"({type(err).__name__}: {err}).") from err
+
+
 def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                               max_shard_size: str = "5GB") -> Path:
-    """Write the optimum-awp checkpoint ``model_dir`` as a compressed-tensors checkpoint in ``out_dir``.
+    """Write the optimum-awp checkpoint ``model_dir`` (a folder or a Hub id) as a compressed-tensors checkpoint
+    in ``out_dir``.
 
     The result loads with ``AutoModelForCausalLM.from_pretrained(out_dir)`` in transformers with
     ``compressed-tensors`` installed, without optimum-awp. Written to a temporary folder and renamed
@@ -132,7 +146,7 @@ def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.Pa
     from .quantizer import register
 
     register()
-    model_dir, out_dir = Path(model_dir), Path(out_dir).expanduser().absolute()
+    model_dir, out_dir = _local_folder(model_dir), Path(out_dir).expanduser().absolute()
     config = AutoConfig.from_pretrained(model_dir)
     awp = getattr(config, "quantization_config", None)
     if isinstance(awp, dict):

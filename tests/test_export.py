@@ -134,3 +134,8 @@ def test_export_refuses_a_dense_checkpoint_and_a_busy_folder(dense_dir, tmp_path
     (busy / "file").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         export_compressed_tensors(folder, busy)
+
+
+def test_export_refuses_a_missing_source(tmp_path):
+    with pytest.raises(ValueError, match="neither a local folder nor a reachable Hub repo"):
+        export_compressed_tensors(tmp_path / "nowhere", tmp_path / "ct")
