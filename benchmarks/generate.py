@@ -16,7 +16,7 @@ without calibration statistics. Decode speed is (N - 1) / (t(N new tokens) - t(1
 RSS is measured after loading and compressing, after ``gc`` and ``malloc_trim`` (glibc) return freed
 memory, and again after decoding. "model MB" counts the parameters and buffers exactly.
 
-Usage: python benchmarks/generate.py [--threads 2] [--new-tokens 64] [--repeats 3]
+Usage: python benchmarks/generate.py [--threads 2 | --threads 1,2] [--new-tokens 64] [--repeats 3]
 Prints a table and replaces the "End-to-end decoding" section of docs/results/kernels.md.
 """
 
@@ -146,17 +146,18 @@ def run_variant(args) -> dict:
     }
 
 
-def table(results: list[dict], args) -> str:
+def table(results: list[dict]) -> str:
     ref = {r["variant"]: r for r in results}
     fp32, bf16 = ref["dense-fp32"], ref["dense-bf16"]
     lines = [
-        "| variant | tokens/s | vs dense fp32 | vs dense bf16 | model MB | RSS MB (loaded) | RSS MB (after decode) | same greedy tokens as fp32 |",
+        "| variant | tokens/s | vs dense fp32 | vs dense bf16 | model MB | RSS MB (loaded) | RSS MB (after decode) "
+        "| greedy tokens equal to fp32's |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         same = next((i for i, (a, b) in enumerate(zip(r["tokens"], fp32["tokens"])) if a != b), len(r["tokens"]))
         lines.append(
-            f"| {r['variant']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / fp32['tokens_per_s']:.2f}x | "
+            f"| {r['variant']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / fp32['tokens_per_s']:.2f}x | "
             f"{r['tokens_per_s'] / bf16['tokens_per_s']:.2f}x | {r['model_mb']:.0f} | {r['rss_loaded_mb']:.0f} | "
             f"{r['rss_after_mb']:.0f} | first {same} of {len(r['tokens'])} |"
         )
@@ -173,40 +174,52 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2", help="thread count(s), comma-separated, e.g. 2 or 1,2")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process and print JSON")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/results/kernels.md")
     args = parser.parse_args()
     if args.variant:
+        args.threads = int(args.threads)
         print(json.dumps(run_variant(args)))
         return
-    results = []
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", variant, "--threads", str(args.threads),
-               "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"{variant:>10}: {r['tokens_per_s']:.1f} tokens/s, model {r['model_mb']:.0f} MB, "
-              f"RSS {r['rss_loaded_mb']:.0f} MB loaded / {r['rss_after_mb']:.0f} MB after; {r['text']!r}", flush=True)
-    text = table(results, args)
-    print()
-    print(text)
-    if not args.no_write:
-        import platform
+    import platform
 
-        section = (
-            "## End-to-end decoding: Gemma-3-270M (embedded, dequantized GGUF), greedy\n\n"
-            f"Command: `python benchmarks/generate.py --threads {args.threads} --new-tokens {args.new_tokens} "
-            f"--repeats {args.repeats}`\n\n"
-            f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads (CPU shared with "
-            f"other jobs; best of {args.repeats}). Prompt {PROMPT!r}; decode tokens/s excludes the prompt. INT4 is "
-            "RTN group 128 symmetric; `int4+head` also quantizes the (untied) lm_head. RSS is the whole process "
-            f"(torch and transformers alone: {results[0]['rss_baseline_mb']:.0f} MB).\n\n" + text + "\n"
-        )
-        write_section(section)
+    sections = [
+        "## End-to-end decoding: Gemma-3-270M (embedded, dequantized GGUF), greedy",
+        "",
+        f"Command: `python benchmarks/generate.py --threads {args.threads} --new-tokens {args.new_tokens} "
+        f"--repeats {args.repeats}`",
+        "",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, CPU shared with other jobs (best of "
+        f"{args.repeats}). Prompt {PROMPT!r}; decode tokens/s excludes the prompt. INT4 is RTN group 128 "
+        "symmetric with bf16 scales and activations; `int4+head` also quantizes the (untied) lm_head, the "
+        "embedding staying dense bf16. Each variant runs in its own process; RSS is the whole process.",
+    ]
+    for threads in [int(t) for t in str(args.threads).split(",")]:
+        results = []
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--variant", variant, "--threads", str(threads),
+                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            r = results[-1]
+            print(f"[{threads} thread(s)] {variant:>10}: {r['tokens_per_s']:.2f} tokens/s, model {r['model_mb']:.0f} MB, "
+                  f"RSS {r['rss_loaded_mb']:.0f} MB loaded / {r['rss_after_mb']:.0f} MB after; {r['text']!r}", flush=True)
+        text = table(results)
+        print()
+        print(text, flush=True)
+        sections += [
+            "",
+            f"### {threads} thread{'s' if threads > 1 else ''}",
+            "",
+            f"(torch and transformers alone: {results[0]['rss_baseline_mb']:.0f} MB RSS)",
+            "",
+            text,
+        ]
+    if not args.no_write:
+        write_section("\n".join(sections) + "\n")
 
 
 if __name__ == "__main__":

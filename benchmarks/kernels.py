@@ -12,7 +12,7 @@ docs/results/kernels.md:
 3. a token sweep of the CPU INT4 kernel against the per-call dequantize path, which sets the
    dispatch threshold ``KernelOptions.cpu_int4_max_tokens``.
 
-Usage: python benchmarks/kernels.py [--threads 2] [--rounds 7] [--quick] [--out docs/results/kernels.md]
+Usage: python benchmarks/kernels.py [--threads 2 | --threads 1,2] [--rounds 7] [--quick] [--out docs/results/kernels.md]
 """
 
 from __future__ import annotations
@@ -84,8 +84,20 @@ def _samples(fn, budget: float = 0.2, max_calls: int = 10) -> list[float]:
     return out
 
 
+_SCRATCH: list[torch.Tensor] = []
+
+
+def flush_caches() -> None:
+    """Read a 128 MB buffer (4x this CPU's 32 MB L3) so that the next call finds its weight in DRAM only,
+    as every layer of a model does at decode time; small layers would otherwise run from cache."""
+    if not _SCRATCH:
+        _SCRATCH.append(torch.ones(32 * 2**20, dtype=torch.float32))
+    _SCRATCH[0].sum()
+
+
 def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_calls: int = 20) -> dict[str, float]:
-    """Minimum seconds of a single call of each variant; calls of the variants are interleaved one by one.
+    """Minimum seconds of a single call of each variant, caches flushed before every call; calls of the
+    variants are interleaved one by one.
 
     On a CPU shared with other jobs a thread is often descheduled for a whole scheduler tick
     (4-20 ms per call here), which averages cannot remove; the fastest single call is the stable
@@ -103,6 +115,7 @@ def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_cal
                 if not active:
                     break
                 for name in active:
+                    flush_caches()
                     start = time.perf_counter()
                     variants[name]()
                     elapsed = time.perf_counter() - start
@@ -206,7 +219,20 @@ def crossover(rows, kernel_key, other_key):
 
 
 # ----------------------------------------------------------------------------------------------- report
-def markdown(args, gbps_read, gbps_copy, rows, sweep, shapes) -> str:
+def one_token_summary(rows) -> list[str]:
+    """The one-token targets: INT4 layer >= 1.5x dense bf16 and >= 1.7x dense fp32 (Gemma shapes)."""
+    lines = []
+    for name, out_features, in_features, tokens, t, _ in rows:
+        if tokens == 1:
+            lines.append(
+                f"| {name} | {t['bf16'] / t['int4']:.2f}x | {t['fp32'] / t['int4']:.2f}x | "
+                f"{t['fp32'] / t['int4/f32']:.2f}x |"
+            )
+    return lines
+
+
+def markdown(args, runs, shapes) -> str:
+    """runs: list of (threads, gbps_read, gbps_copy, rows, sweep)."""
     fmts = ["fp32", "bf16", "int4", "2:4", "2:4+int4"]
     lines = [
         "# Per-layer kernel times (CPU)",
@@ -216,97 +242,118 @@ def markdown(args, gbps_read, gbps_copy, rows, sweep, shapes) -> str:
         + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads. "
-        "The 2 cores are shared with other jobs: times are the fastest single call over interleaved rounds.",
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()} (AVX-512 with bf16), 2 cores. The cores are "
+        "shared with other jobs (load average 5-8 during these runs): every figure is the fastest single call "
+        "over interleaved rounds, and a figure of several ms for a small layer means no undisturbed call "
+        "was caught (a thread descheduled for a scheduler tick), not the kernel's speed. With 2 threads a call "
+        "needs both cores at once, which a loaded machine rarely gives; 1 thread is the steadier measurement.",
         "",
-        f"Memory bandwidth measured here: read {gbps_read:.1f} GB/s (sum of 512 MB), "
-        f"copy {gbps_copy:.1f} GB/s (read + write of 256 MB).",
-        "",
-        "## Bytes per weight and the bandwidth roofline",
-        "",
-        "Roofline: the time to read the stored weight once at the measured read bandwidth, the lower bound "
-        "of a one-token (memory-bound) layer. int4 is group 128 with bf16 scales; 2:4 stores bf16 values "
-        "plus 2-bit positions but runs from a dense bf16 cache (2 B/weight read), since no CPU 2:4 kernel "
-        "beats dense.",
-        "",
-        "| layer | out x in | " + " | ".join(f"{f} B/w" for f in fmts) + " | " + " | ".join(f"{f} roofline us" for f in fmts) + " |",
-        "|---|---|" + "---|" * (2 * len(fmts)),
+        "Weights are cold: a 128 MB read (4x the 32 MB L3) precedes every timed call, so each call streams "
+        "its weight from DRAM as a layer of a model does at decode time. "
+        "int4 is group 128 with bf16 scales. 2:4 stores bf16 values plus 2-bit positions but runs from a "
+        "dense bf16 cache (2 B/weight read), since no CPU 2:4 kernel beats dense. Roofline: the time to read "
+        "the stored weight once at the measured read bandwidth, the lower bound of a one-token "
+        "(memory-bound) layer.",
     ]
-    for name, out_features, in_features in shapes:
-        bpw = [bytes_per_weight(f, out_features, in_features) for f in fmts]
-        roof = [b * out_features * in_features / (gbps_read * 1e9) * 1e6 for b in bpw]
-        lines.append(
-            f"| {name} | {out_features}x{in_features} | "
-            + " | ".join(f"{b:.3f}" for b in bpw)
-            + " | "
-            + " | ".join(f"{r:.1f}" for r in roof)
-            + " |"
-        )
-    lines += [
-        "",
-        "## Times (microseconds per call) and speed-ups, same run",
-        "",
-        "Columns: dense `F.linear` in fp32 and bf16; `AWPLinear` (auto backend) with a bf16 model for int4, "
-        "2:4, 2:4+int4, and `int4/f32` an fp32 model (scales fp32, activations fp32, cast to bf16 around the "
-        "INT4 kernel). `backend` is what auto picked for int4 / int4/f32 / 2:4 / 2:4+int4.",
-        "",
-        "| layer | tokens | fp32 | bf16 | int4 | int4/f32 | 2:4 | 2:4+int4 | int4 vs bf16 | int4/f32 vs fp32 | 2:4+int4 vs bf16 | backend |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, out_features, in_features, tokens, t, backends in rows:
-        us = {k: v * 1e6 for k, v in t.items()}
-        lines.append(
-            f"| {name} {out_features}x{in_features} | {tokens} | {us['fp32']:.1f} | {us['bf16']:.1f} | {us['int4']:.1f} | "
-            f"{us['int4/f32']:.1f} | {us['2:4']:.1f} | {us['2:4+int4']:.1f} | {t['bf16'] / t['int4']:.2f}x | "
-            f"{t['fp32'] / t['int4/f32']:.2f}x | {t['bf16'] / t['2:4+int4']:.2f}x | "
-            f"{backends['int4']} / {backends['int4/f32']} / {backends['2:4']} / {backends['2:4+int4']} |"
-        )
-    if sweep:
+    for threads, gbps_read, gbps_copy, rows, sweep in runs:
         lines += [
             "",
-            "## Token sweep: CPU INT4 kernel vs per-call dequantize + dense matmul",
+            f"## {threads} thread{'s' if threads > 1 else ''}",
             "",
-            "`kernel`: `_weight_int4pack_mm_for_cpu` (bf16 inside); `dequant`: the reference path (dequantize the "
-            "INT4 weight at every call, then `F.linear` in the activation dtype); `dense bf16`: a plain bf16 "
-            "linear (what a dense cache would cost, at twice the memory of the bf16 weights).",
+            f"Memory bandwidth: read {gbps_read:.1f} GB/s (sum of 512 MB), copy {gbps_copy:.1f} GB/s "
+            "(read + write of 256 MB).",
             "",
-            "| layer | tokens | kernel bf16 | dequant bf16 | dense bf16 | kernel f32 | dequant f32 |",
-            "|---|---|---|---|---|---|---|",
+            "### Bytes per weight and the bandwidth roofline",
+            "",
+            "| layer | out x in | " + " | ".join(f"{f} B/w" for f in fmts) + " | "
+            + " | ".join(f"{f} roofline us" for f in fmts) + " |",
+            "|---|---|" + "---|" * (2 * len(fmts)),
         ]
-        for name, tokens, t in sweep:
-            lines.append(f"| {name} | {tokens} | " + " | ".join(f"{v * 1e6:.1f}" for v in t.values()) + " |")
-        cb = crossover(sweep, "kernel bf16", "dequant bf16")
-        cf = crossover(sweep, "kernel f32", "dequant f32")
+        for name, out_features, in_features in shapes:
+            bpw = [bytes_per_weight(f, out_features, in_features) for f in fmts]
+            roof = [b * out_features * in_features / (gbps_read * 1e9) * 1e6 for b in bpw]
+            lines.append(
+                f"| {name} | {out_features}x{in_features} | " + " | ".join(f"{b:.3f}" for b in bpw) + " | "
+                + " | ".join(f"{r:.1f}" for r in roof) + " |"
+            )
         lines += [
             "",
-            "Largest measured token count at which the kernel is at least as fast as dequantize-per-call: "
-            + ", ".join(f"{k}: bf16 {cb[k]}, fp32 {cf[k]}" for k in cb)
-            + ".",
+            "### One token: INT4 against dense",
+            "",
+            "| layer | int4 vs dense bf16 | int4 vs dense fp32 | int4/f32 vs dense fp32 |",
+            "|---|---|---|---|",
+            *one_token_summary(rows),
+            "",
+            "### Times (microseconds per call) and speed-ups, same run",
+            "",
+            "Columns: dense `F.linear` in fp32 and bf16; `AWPLinear` (auto backend) with a bf16 model for int4, "
+            "2:4, 2:4+int4, and `int4/f32` an fp32 model (scales fp32, activations fp32, cast to bf16 around the "
+            "INT4 kernel). `backend` is what auto picked for int4 / int4/f32 / 2:4 / 2:4+int4.",
+            "",
+            "| layer | tokens | fp32 | bf16 | int4 | int4/f32 | 2:4 | 2:4+int4 | int4 vs bf16 | int4/f32 vs fp32 | "
+            "2:4+int4 vs bf16 | backend |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for name, out_features, in_features, tokens, t, backends in rows:
+            us = {k: v * 1e6 for k, v in t.items()}
+            lines.append(
+                f"| {name} {out_features}x{in_features} | {tokens} | {us['fp32']:.1f} | {us['bf16']:.1f} | "
+                f"{us['int4']:.1f} | {us['int4/f32']:.1f} | {us['2:4']:.1f} | {us['2:4+int4']:.1f} | "
+                f"{t['bf16'] / t['int4']:.2f}x | {t['fp32'] / t['int4/f32']:.2f}x | {t['bf16'] / t['2:4+int4']:.2f}x | "
+                f"{backends['int4']} / {backends['int4/f32']} / {backends['2:4']} / {backends['2:4+int4']} |"
+            )
+        if sweep:
+            lines += [
+                "",
+                "### Token sweep: CPU INT4 kernel vs per-call dequantize + dense matmul",
+                "",
+                "`kernel`: `_weight_int4pack_mm_for_cpu` (bf16 inside); `dequant`: the reference path (dequantize "
+                "the INT4 weight at every call, then `F.linear` in the activation dtype); `dense bf16`: a plain "
+                "bf16 linear (what a dense cache costs, at the memory of the bf16 weights).",
+                "",
+                "| layer | tokens | kernel bf16 | dequant bf16 | dense bf16 | kernel f32 | dequant f32 |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for name, tokens, t in sweep:
+                lines.append(f"| {name} | {tokens} | " + " | ".join(f"{v * 1e6:.1f}" for v in t.values()) + " |")
+            cb = crossover(sweep, "kernel bf16", "dequant bf16")
+            cf = crossover(sweep, "kernel f32", "dequant f32")
+            cd = crossover(sweep, "kernel bf16", "dense bf16")
+            lines += [
+                "",
+                "Largest measured token count at which the kernel is at least as fast as dequantize-per-call "
+                "(bf16 / fp32 activations): " + ", ".join(f"{k} {cb[k]} / {cf[k]}" for k in cb)
+                + "; as fast as a dense bf16 cache: " + ", ".join(f"{k} {cd[k]}" for k in cd) + ". "
+                "Defaults: `cpu_int4_max_tokens=64`, `cpu_int4_max_tokens_cached=8`.",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2", help="thread count(s), comma-separated, e.g. 2 or 1,2")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="skip lm_head and the 4096 layer, 3 rounds")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results" / "kernels.md"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shapes = [s for s in SHAPES if not (args.quick and s[0] in ("lm_head", "4096x4096"))]
     if args.quick:
         args.rounds = min(args.rounds, 3)
-    gbps_read, gbps_copy = bandwidth(args.rounds)
-    print(f"bandwidth: read {gbps_read:.1f} GB/s, copy {gbps_copy:.1f} GB/s", flush=True)
-    rows = layer_table(shapes, TOKENS, args.rounds, gbps_read)
-    sweep = []
-    if not args.no_sweep:
-        sweep_shapes = [s for s in shapes if s[0] in ("q_proj", "gate/up_proj", "down_proj", "4096x4096")]
-        sweep = token_sweep(sweep_shapes, (1, 2, 4, 8, 16, 32, 64, 128), args.rounds)
-    text = markdown(args, gbps_read, gbps_copy, rows, sweep, shapes)
+    runs = []
+    for threads in [int(t) for t in str(args.threads).split(",")]:
+        torch.set_num_threads(threads)
+        print(f"== {threads} thread(s)", flush=True)
+        gbps_read, gbps_copy = bandwidth(args.rounds)
+        print(f"bandwidth: read {gbps_read:.1f} GB/s, copy {gbps_copy:.1f} GB/s", flush=True)
+        rows = layer_table(shapes, TOKENS, args.rounds, gbps_read)
+        sweep = []
+        if not args.no_sweep:
+            sweep_shapes = [s for s in shapes if s[0] in ("q_proj", "gate/up_proj", "down_proj", "4096x4096")]
+            sweep = token_sweep(sweep_shapes, (1, 2, 4, 8, 16, 32, 64, 128), args.rounds)
+        runs.append((threads, gbps_read, gbps_copy, rows, sweep))
+    text = markdown(args, runs, shapes)
     print()
     print(text)
     out = Path(args.out)

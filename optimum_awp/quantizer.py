@@ -68,12 +68,6 @@ class AWPQuantizer(HfQuantizer):
         """Refuse, before any weight is read, what cannot work: see :func:`check_loadable`."""
         check_loadable(self.quantization_config, pre_quantized=self.pre_quantized, device_map=device_map)
 
-    def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        return dtype
-
-    def update_device_map(self, device_map):
-        return device_map
-
     # --- before the weights load ---------------------------------------------------------------------------
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if model.main_input_name != "input_ids":

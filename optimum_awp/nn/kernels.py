@@ -53,8 +53,11 @@ class KernelOptions:
 
     Attributes:
         cpu_int4_max_tokens: the CPU INT4 kernel runs up to this many tokens (rows of the input), a
-            per-call dequantize + dense matmul (or the dense cache) above. Measured with
-            benchmarks/kernels.py on the 2-core AVX-512 test machine (docs/results/kernels.md).
+            per-call dequantize + dense matmul above. Measured with benchmarks/kernels.py on the 2-core
+            AVX-512 test machine (docs/results/kernels.md): the kernel beats dequantize-per-call up to
+            64-128 tokens on Gemma-3-270M's shapes.
+        cpu_int4_max_tokens_cached: the same limit when the module keeps a dense cache: a bf16 dense
+            matmul beats the kernel from about 8-16 tokens there.
         cuda_int4_max_tokens: same for the CUDA tinygemm kernel (not measured here: no GPU).
         cuda_2of4_min_tokens: the CUDA semi-structured kernel runs from this many tokens (not measured here).
         cache_dense: keep a decompressed dense weight per device and dtype. None: the format's default,
@@ -63,6 +66,7 @@ class KernelOptions:
     """
 
     cpu_int4_max_tokens: int = 64
+    cpu_int4_max_tokens_cached: int = 8
     cuda_int4_max_tokens: int = 32
     cuda_2of4_min_tokens: int = 256
     cache_dense: bool | None = None
@@ -274,7 +278,8 @@ class CpuInt4Kernel(Kernel):
             query.device.type == "cpu"
             and get_format(query.format).quantized
             and query.dtype in _FLOAT_DTYPES
-            and query.tokens <= options.cpu_int4_max_tokens
+            and query.tokens
+            <= (options.cpu_int4_max_tokens_cached if query.cache_dense else options.cpu_int4_max_tokens)
             and query.out_features % 16 == 0
             and kernel_group_size(query.in_features, query.group_size, CPU_INT4_GROUP_SIZES) is not None
             and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")

@@ -122,6 +122,16 @@ def test_dense_cache_default_is_on_for_2of4_and_off_for_int4():
     assert module.select_kernel(x).name == "reference"
 
 
+def test_with_a_dense_cache_the_int4_kernel_hands_over_earlier():
+    module = build("int4")
+    module.cache_dense = True
+    with kernel_options(cpu_int4_max_tokens=64, cpu_int4_max_tokens_cached=8):
+        assert module.select_kernel(torch.randn(8, 256)).name == "cpu_int4"
+        assert module.select_kernel(torch.randn(9, 256)).name == "dense_cache"
+        module.cache_dense = None
+        assert module.select_kernel(torch.randn(9, 256)).name == "cpu_int4"
+
+
 # ----------------------------------------------------------------------------------------------- dispatch
 def test_auto_dispatch_on_tokens_shape_and_dtype():
     module = build("int4", out_features=64)
