@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "register_command", "run_demo", "run_eval"]
 
@@ -178,41 +179,192 @@ def run_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+DEMO_OUTPUT = "out/gemma-3-270m-awp-2of4-int4"
+DEMO_PROMPTS = ("The history of the city begins", "In mathematics, a prime number is", "The river flows")
+
+
+def _bits(text: str) -> int | None:
+    """'4' or 'none' (keep floating-point values)."""
+    if text.lower() in ("none", "0"):
+        return None
+    if text == "4":
+        return 4
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of 4, none")
+
+
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import GROUP_SIZES, METHODS
+
+    parser.add_argument(
+        "--model", default=None,
+        help="dense checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", default=DEMO_OUTPUT, help="folder for the compressed checkpoint (default: %(default)s)")
+    what = parser.add_argument_group("compression")
+    what.add_argument("--method", choices=METHODS, default="awp", help="solver (default: %(default)s)")
+    what.add_argument("--sparsity", type=_sparsity, default="2:4", help="'N:M' or a fraction pruned per row (default: %(default)s)")
+    what.add_argument("--bits", type=_bits, default=4, help="4 for INT4 weights, or none (default: %(default)s)")
+    what.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=128, help="INT4 group size (default: %(default)s)")
+    what.add_argument(
+        "--nsamples", type=_positive_int, default=32,
+        help="calibration sequences (default: %(default)s; the papers use 128 x 2048, which takes hours on a 2-core CPU)",
+    )  # fmt: skip
+    what.add_argument("--calib-seqlen", type=_positive_int, default=512, help="tokens per calibration sequence (default: %(default)s)")
+    what.add_argument("--max-iterations", type=_positive_int, default=_config_default("max_iterations"), help="AWP iteration cap (default: %(default)s)")
     add_perplexity_arguments(parser, seqlen=512, nwindows=32)
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--new-tokens", type=_positive_int, default=32, help="greedy tokens per speed run and per sample (default: %(default)s)")
+    speed.add_argument("--repeats", type=_positive_int, default=2, help="speed runs; the median is reported (default: %(default)s)")
     add_runtime_arguments(parser)
 
 
-def _prepare_demo_text() -> None:
-    """Prepare the embedded text and print the sizes of its two parts."""
+def _prepare_demo_text(model_path, source) -> None:
+    """Prepare the text source and print the sizes of its two parts."""
     from transformers import AutoTokenizer
 
-    from .data import DEFAULT_SOURCE, SPLITS, describe_source, embedded_model, load_text, tokenize_text
+    from .data import SPLITS, describe_source, load_text, tokenize_text
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     for split in SPLITS:
-        texts = load_text(DEFAULT_SOURCE, split)
+        texts = load_text(source, split)
         tokens = tokenize_text(tokenizer, texts).numel()
-        print(f"{describe_source(DEFAULT_SOURCE)}, {split} part: {len(texts)} articles, {tokens:,} tokens")
+        print(f"{describe_source(source)}, {split} part: {len(texts)} texts, {tokens:,} tokens")
 
 
-@register_command("demo", "the embedded defaults end to end: prepare model and text, evaluate", _demo_arguments)
+def _measure(model, tokenizer, args, prompt) -> dict[str, float]:
+    """Perplexity on the evaluation part and greedy decode speed of ``model``."""
+    from .evaluate import perplexity
+
+    result = perplexity(
+        model, tokenizer, args.dataset, seqlen=args.seqlen, nwindows=args.nwindows, batch_size=args.batch_size,
+        add_bos=None if args.add_bos else False, progress=args.progress,
+    )  # fmt: skip
+    _, decode = _speed(model, prompt, args.new_tokens, args.repeats)
+    print(f"perplexity {result.ppl:.4f} over {result.tokens:,} tokens ({result.windows} windows of {result.seqlen}, "
+          f"{result.seconds:.1f} s); decode {decode:.2f} tokens/s")
+    return {"ppl": result.ppl, "eval_seconds": result.seconds, "decode": decode, "result": result}
+
+
+def _demo_table(rows: list[dict[str, object]]) -> str:
+    """A markdown table of the demo's figures, one row per model."""
+    heads = ["model", "perplexity", "x dense", "block linears", "whole model", "on disk", "decode tokens/s", "time"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(h, "")) for h in heads) + " |")
+    return "\n".join(lines)
+
+
+def _short_label(config) -> str:
+    """E.g. "awp 2:4 + INT4 g128", "wanda 50%", "rtn INT4 g128"."""
+    parts = [config.method]
+    if config.sparsity is not None:
+        parts.append(config.sparsity if isinstance(config.sparsity, str) else f"{config.sparsity:.0%}")
+    if config.bits:
+        parts.append(("+ " if config.sparsity is not None else "") + f"INT{config.bits} g{config.group_size}")
+    return " ".join(parts)
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+@register_command(
+    "demo",
+    "the main job on the embedded defaults: evaluate, compress (AWP 2:4 + INT4), evaluate, save, reload with pipeline",
+    _demo_arguments,
+)
 def run_demo(args: argparse.Namespace) -> int:
-    """``optimum-awp demo``: prepare the embedded model and text, then report the dense perplexity.
+    """``optimum-awp demo``: the whole product on the embedded Gemma-3-270M and Wikipedia (gensim sample).
 
-    Steps are plain calls so that compression can be slotted in between preparation and evaluation.
+    1. prepare the embedded model and text (converted once, then cached);
+    2. dense perplexity and decode speed;
+    3. compress with ``--method`` (AWP 2:4 + INT4 g128 by default) on the calibration part;
+    4. compressed perplexity and speed, then save (packed tensors, model card) to ``--output``;
+    5. reload the folder with ``pipeline("text-generation", ...)`` (nothing recompressed), check it
+       generates the in-memory model's greedy tokens, and generate a few sentences;
+    then print a table of perplexity, sizes, speed and times.
     """
-    from .data import embedded_model
+    import torch
+    from transformers import pipeline
+
+    from .config import AWPConfig
+    from .data import describe_source, embedded_model, eval_tokens
+    from .evaluate import load_model
+    from .hub import config_summary, model_sizes
+    from .nn import AWPLinear
+    from .optimum import AWPOptimumQuantizer
 
     started = time.perf_counter()
-    print("== preparing the embedded model and text (converted once, then cached)")
-    embedded_model()
-    _prepare_demo_text()
-    print(f"prepared in {time.perf_counter() - started:.1f} s")
-    print("== dense perplexity")
-    _evaluate_and_report(args, None)
-    print(f"demo wall time: {time.perf_counter() - started:.1f} s")
-    return 0
+    config = AWPConfig(  # validated before any work
+        method=args.method, sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
+        dataset=args.dataset, nsamples=args.nsamples, seqlen=args.calib_seqlen, max_iterations=args.max_iterations,
+    )  # fmt: skip
+    _apply_threads(args)
+    print("== 1/5 the model and the text (converted once, then cached)")
+    model_path = args.model or embedded_model()
+    _print_settings({"model": _describe_model(args.model)})
+    _prepare_demo_text(model_path, args.dataset)
+    model, tokenizer = load_model(model_path, dtype=args.dtype, device=args.device)
+    bos = [tokenizer.bos_token_id] if args.add_bos and tokenizer.bos_token_id is not None else []
+    text_ids = eval_tokens(tokenizer, args.dataset)[:128].tolist()
+    prompt = torch.tensor([bos + text_ids], device=next(model.parameters()).device)
+    print(f"prepared in {time.perf_counter() - started:.1f} s; {model.dtype}, {torch.get_num_threads()} threads")
+
+    print("== 2/5 dense baseline")
+    dense = _measure(model, tokenizer, args, prompt)
+    dense_sizes = model_sizes(model)
+    dense_dtype = str(model.dtype).removeprefix("torch.")
+
+    print(f"== 3/5 compressing: {config.method}, sparsity {config.sparsity}, bits {config.bits}, group {config.group_size}; "
+          f"calibration {config.nsamples} x {config.seqlen} tokens of {describe_source(args.dataset)}")
+    quantizer = AWPOptimumQuantizer(model, tokenizer)
+    report = quantizer.compress(config, progress=args.progress, device=args.device)
+    print(f"compressed {len(report.layers)} linears in {report.seconds:.1f} s "
+          f"(mean relative layer objective {report.mean_objective:.5f}); kept dense: {', '.join(report.skipped) or '-'}")
+
+    print("== 4/5 compressed model, then save")
+    after = _measure(model, tokenizer, args, prompt)
+    sizes = model_sizes(model)
+    eval_settings = {"text": f"{describe_source(args.dataset)}, evaluation part", "seqlen": after["result"].seqlen,
+                     "windows": after["result"].windows, "tokens": after["result"].tokens}
+    folder = quantizer.save(args.output, base_model=args.model or "google/gemma-3-270m (dequantized Q4_K_M GGUF)",
+                            perplexity={"before": dense["ppl"], "after": after["ppl"]},
+                            eval_settings=eval_settings, calibration=describe_source(args.dataset))
+    on_disk = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    dense_on_disk = sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors"))
+    print(f"saved to {folder} ({_mib(on_disk)} of safetensors)")
+
+    print(f"== 5/5 pipeline('text-generation', model={str(folder)!r}): rebuilt from the packed tensors")
+    tic = time.perf_counter()
+    generator = pipeline("text-generation", model=str(folder), device=args.device)
+    packed = sum(isinstance(m, AWPLinear) for m in generator.model.modules())
+    print(f"loaded in {time.perf_counter() - tic:.1f} s: {packed} packed linears ({config_summary(generator.model)})")
+    greedy = dict(max_new_tokens=args.new_tokens, do_sample=False)
+    with torch.inference_mode():
+        expected = model.generate(**tokenizer(DEMO_PROMPTS[0], return_tensors="pt").to(prompt.device), **greedy)
+    reloaded = generator(DEMO_PROMPTS[0], return_tensors=True, **greedy)[0]["generated_token_ids"]
+    same = list(reloaded) == expected[0].tolist()
+    print(f"greedy tokens of the reloaded model {'equal' if same else 'DIFFER FROM'} the in-memory model's")
+    for text in DEMO_PROMPTS:
+        print(f"  > {generator(text, **greedy)[0]['generated_text']!r}")
+
+    rows = [
+        {"model": f"dense ({dense_dtype})",
+         "perplexity": f"{dense['ppl']:.3f}", "x dense": "1.00",
+         "block linears": _mib(sizes["linears_dense"]), "whole model": _mib(dense_sizes["compressed"]),
+         "on disk": _mib(dense_on_disk), "decode tokens/s": f"{dense['decode']:.2f}",
+         "time": f"eval {dense['eval_seconds']:.0f} s"},
+        {"model": _short_label(config), "perplexity": f"{after['ppl']:.3f}", "x dense": f"{after['ppl'] / dense['ppl']:.2f}",
+         "block linears": f"{_mib(sizes['linears_compressed'])} ({sizes['linears_compressed'] / sizes['linears_dense']:.1%})",
+         "whole model": f"{_mib(sizes['compressed'])} ({sizes['compressed'] / dense_sizes['compressed']:.1%})",
+         "on disk": f"{_mib(on_disk)} ({on_disk / dense_on_disk:.1%})",
+         "decode tokens/s": f"{after['decode']:.2f} ({after['decode'] / dense['decode']:.2f}x)",
+         "time": f"compress {report.seconds:.0f} s, eval {after['eval_seconds']:.0f} s"},
+    ]
+    print()
+    print(_demo_table(rows))
+    print(f"\ndemo wall time: {time.perf_counter() - started:.1f} s; the checkpoint is in {folder}")
+    return 0 if same else 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +382,9 @@ def _config_default(name: str):
 
 
 def _sparsity(text: str) -> float | str:
-    """'N:M' stays a string; anything else must be a fraction."""
+    """'N:M' stays a string, 'none' is None; anything else must be a fraction."""
+    if text.lower() == "none":
+        return None
     if ":" in text:
         return text
     try:

@@ -50,15 +50,18 @@ def model_sizes(model: nn.Module) -> dict[str, int]:
     """Bytes of the weights as stored now ("compressed") and as a dense model would store them ("dense").
 
     The dense figure counts each ``AWPLinear`` weight as (out, in) in the model dtype; everything else
-    (embeddings, norms, biases, dense linears) counts as stored.
+    (embeddings, norms, biases, dense linears) counts as stored. "linears_dense" and
+    "linears_compressed" are the same two figures for the ``AWPLinear`` weights alone.
     """
     compressed = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
-    dense = compressed
+    linears_dense = linears_compressed = 0
     for module in model.modules():
         if isinstance(module, AWPLinear):
             itemsize = torch.empty((), dtype=module.dtype).element_size()
-            dense += module.in_features * module.out_features * itemsize - module.weight_bytes()
-    return {"dense": dense, "compressed": compressed}
+            linears_dense += module.in_features * module.out_features * itemsize
+            linears_compressed += module.weight_bytes()
+    return {"dense": compressed + linears_dense - linears_compressed, "compressed": compressed,
+            "linears_dense": linears_dense, "linears_compressed": linears_compressed}
 
 
 def _human(nbytes: float) -> str:

@@ -73,6 +73,8 @@ def test_every_argument_has_help():
 def test_demo_defaults():
     args = cli.build_parser().parse_args(["demo"])
     assert (args.seqlen, args.nwindows, args.dataset, args.add_bos) == (512, 32, "wikipedia-gensim", True)
+    assert (args.method, args.sparsity, args.bits, args.group_size) == ("awp", "2:4", 4, 128)
+    assert (args.nsamples, args.calib_seqlen, args.model) == (32, 512, None)
     assert args._run is cli.run_demo
 
 

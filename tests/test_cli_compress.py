@@ -87,3 +87,28 @@ def test_compress_push_to_hub(files, tmp_path):
         files_on_hub = set(hub.repos["org/tiny-int4"].files)
     assert "pushed to org/tiny-int4" in run.stdout
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= files_on_hub
+
+
+def test_demo_runs_the_main_job_end_to_end(files, tmp_path, capsys):
+    dense, text = files
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--model", str(dense), "-o", str(out), "--dataset", str(text), "--nsamples", "4",
+                     "--calib-seqlen", "16", "--seqlen", "16", "--nwindows", "4", "--new-tokens", "4",
+                     "--repeats", "1", "--max-iterations", "5", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    for step in ("== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5"):
+        assert step in printed
+    assert "compressed 14 linears" in printed and "14 packed linears" in printed
+    assert "greedy tokens of the reloaded model equal the in-memory model's" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | perplexity |") and len(table) == 3
+    assert table[2].startswith("| awp 2:4 + INT4 g128 |")
+    assert isinstance(AutoModelForCausalLM.from_pretrained(out).get_submodule("model.layers.0.mlp.up_proj"), AWPLinear)
+
+
+def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    code = cli.main(["demo", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "--sparsity", "1.5"])
+    assert code == 2
+    assert "AWPConfig.sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
