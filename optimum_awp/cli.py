@@ -394,7 +394,7 @@ def _sparsity(text: str) -> float | str:
 
 
 def _compress_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import GROUP_SIZES, INITS, METHODS
+    from .config import GROUP_SIZES, INITS, METHODS, SCOPES, STEPS
     from .data import DEFAULT_SOURCE, TEXT_SOURCES
 
     parser.add_argument(
@@ -431,6 +431,12 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     solver.add_argument("--tolerance", type=float, default=_config_default("tolerance"), help="AWP relative stopping tolerance (default: %(default)s)")
     solver.add_argument("--damping", type=float, default=_config_default("damping"), help="diagonal damping of C, fraction of its mean (default: %(default)s)")
     solver.add_argument("--init", choices=INITS, default=_config_default("init"), help="AWP starting point (default: %(default)s)")
+    solver.add_argument("--step", choices=STEPS, default=_config_default("step"),
+                        help="AWP gradient step: lambda_max (the paper's 1/λ_max(C)) or diagonal (Jacobi-preconditioned) (default: %(default)s)")
+    solver.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=_config_default("momentum"),
+                        help="AWP Nesterov momentum with adaptive restart (default: %(default)s)")
+    solver.add_argument("--scope", choices=SCOPES, default=_config_default("scope"),
+                        help="AWP unstructured sparsity per row or per layer (default: %(default)s)")
     check = parser.add_argument_group("evaluation (written to the model card)")
     check.add_argument("--eval", action="store_true", help="measure perplexity before and after compression")
     check.add_argument("--eval-dataset", default=None, help="evaluation text (default: --dataset's evaluation part)")
@@ -464,7 +470,7 @@ def run_compress(args: argparse.Namespace) -> int:
         method=args.method, sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
         symmetric=not args.asymmetric, dataset=args.dataset, nsamples=args.nsamples, seqlen=args.seqlen,
         seed=args.seed, max_iterations=args.max_iterations, tolerance=args.tolerance, damping=args.damping,
-        init=args.init, modules_to_not_convert=args.keep_dense,
+        init=args.init, step=args.step, momentum=args.momentum, scope=args.scope, modules_to_not_convert=args.keep_dense,
     )  # fmt: skip
     _apply_threads(args)
     _print_settings({"model": _describe_model(args.model), "method": f"{config.method}, sparsity={config.sparsity}, "

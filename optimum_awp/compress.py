@@ -29,7 +29,7 @@ from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 logger = logging.getLogger(__name__)
 
 # AWPConfig fields handed to solvers, each only to the solvers whose signature names it.
-SOLVER_OPTION_FIELDS = ("max_iterations", "tolerance", "damping", "init")
+SOLVER_OPTION_FIELDS = ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope")
 
 
 @dataclass
@@ -106,7 +106,7 @@ def is_excluded(name: str, modules_to_not_convert: list[str] | None) -> bool:
 
 
 def solver_options(solver: Callable, config: AWPConfig) -> dict[str, Any]:
-    """The AWPConfig options (max_iterations, tolerance, damping, init) that ``solver`` names as parameters."""
+    """The AWPConfig options (SOLVER_OPTION_FIELDS) that ``solver`` names as parameters."""
     params = inspect.signature(solver).parameters
     named = {p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)}
     return {key: getattr(config, key) for key in SOLVER_OPTION_FIELDS if key in named}

@@ -17,11 +17,13 @@ METHODS = ("awp", "wanda", "sparsegpt", "magnitude", "rtn", "awq", "gptq")
 BITS = (None, 4)
 GROUP_SIZES = (-1, 32, 64, 128, 256)
 INITS = ("wanda", "magnitude", "sparsegpt")
+STEPS = ("lambda_max", "diagonal")
+SCOPES = ("row", "layer")
 # Saved to config.json. The dataset and the tokenizer never are: they describe how a checkpoint was
 # made, not how to load it, and a tokenizer is not JSON.
 SAVED_FIELDS = (
     "quant_method", "format_version", "method", "sparsity", "bits", "group_size", "symmetric",
-    "nsamples", "seqlen", "seed", "max_iterations", "tolerance", "damping", "init",
+    "nsamples", "seqlen", "seed", "max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope",
     "modules_to_not_convert", "compressed_modules",
 )
 
@@ -56,6 +58,11 @@ class AWPConfig(QuantizationConfigMixin):
         tolerance: AWP stops when the relative change of the layer objective falls below this.
         damping: fraction of mean(diag C) added to the diagonal of C when it is near singular.
         init: AWP's feasible starting point, one of ``INITS``.
+        step: AWP's gradient step, one of ``STEPS``: "lambda_max" is the paper's η = 1/λ_max(C);
+            "diagonal" is Jacobi-preconditioned, η_j = 1/(λ_max(D^-1/2 C D^-1/2) C_jj) with D = diag(C).
+        momentum: AWP with Nesterov momentum and adaptive restart (the best iterate is kept).
+        scope: unstructured sparsity per "row" (each row keeps the same count, as in the AWP paper and
+            Wanda) or per "layer" (the layer keeps the same total, rows differ). AWP only; N:M ignores it.
         modules_to_not_convert: module names (or name suffixes) left dense; default ["lm_head"].
         compressed_modules: filled after compression: module name -> storage format. Saved, so a
             checkpoint can be rebuilt on the meta device without recompressing.
@@ -76,6 +83,9 @@ class AWPConfig(QuantizationConfigMixin):
     tolerance: float = 1e-4
     damping: float = 0.01
     init: str = "wanda"
+    step: str = "lambda_max"
+    momentum: bool = False
+    scope: str = "row"
     modules_to_not_convert: list[str] | None = None
     compressed_modules: dict[str, str] | None = None
     format_version: int = FORMAT_VERSION
@@ -101,6 +111,11 @@ class AWPConfig(QuantizationConfigMixin):
         _check(isinstance(self.damping, (int, float)) and self.damping >= 0, "damping",
                self.damping, "a float >= 0")
         _check(self.init in INITS, "init", self.init, f"one of {INITS}")
+        _check(self.step in STEPS, "step", self.step, f"one of {STEPS}")
+        _check(isinstance(self.momentum, bool), "momentum", self.momentum, "a bool")
+        _check(self.scope in SCOPES, "scope", self.scope, f"one of {SCOPES}")
+        _check(self.scope == "row" or self.method == "awp", "scope", self.scope,
+               f"'row' for method {self.method!r} (only awp takes scope='layer')")
         if self.modules_to_not_convert is None:
             self.modules_to_not_convert = ["lm_head"]
         _check(isinstance(self.modules_to_not_convert, (list, tuple))

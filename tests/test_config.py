@@ -33,6 +33,9 @@ BAD_FIELDS = [
     ("tolerance", -1e-3),
     ("damping", -0.5),
     ("init", "random"),
+    ("step", "newton"),
+    ("momentum", 1),
+    ("scope", "block"),
     ("modules_to_not_convert", "lm_head"),
     ("modules_to_not_convert", [1]),
     ("compressed_modules", ["model.layers.0.mlp.up_proj"]),
@@ -47,6 +50,12 @@ def test_bad_field_is_refused_with_its_name(name, value):
     kwargs = {"bits": 4, name: value}
     with pytest.raises(ValueError, match=rf"AWPConfig\.{name} must be"):
         AWPConfig(**kwargs)
+
+
+def test_layer_scope_is_for_awp_only():
+    assert AWPConfig(method="awp", sparsity=0.5, scope="layer").scope == "layer"
+    with pytest.raises(ValueError, match=r"AWPConfig\.scope must be 'row' for method 'wanda'"):
+        AWPConfig(method="wanda", sparsity=0.5, scope="layer")
 
 
 def test_nothing_to_compress_is_refused():

@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 INITS = ("wanda", "magnitude", "sparsegpt")
 STEPS = ("lambda_max", "diagonal")
+SCOPES = ("row", "layer")
 QUANT_INITS = ("obs", "project")
 
 
@@ -108,24 +109,32 @@ class SparseProjector:
     """The exact sparsity projection of the spec, re-sorting only the rows whose support changes.
 
     ``__call__(scores, mask)`` returns the kept entries, bool (out, in), of the largest ``|scores|``
-    per row (unstructured) or per group of M (N:M). When the current ``mask`` is still a valid
-    top-k selection of a row (its smallest kept score >= its largest dropped one) the row keeps it,
-    so ties are broken in favour of the current support.
+    per row (unstructured, ``scope="row"``), over the whole matrix (unstructured, ``scope="layer"``:
+    the same number of weights kept in the layer, spread over the rows as the scores say) or per
+    group of M (N:M). When the current ``mask`` is still a valid top-k selection of a row (its
+    smallest kept score >= its largest dropped one) the row keeps it, so ties are broken in favour
+    of the current support.
     """
 
-    def __init__(self, spec: CompressionSpec, in_features: int):
+    def __init__(self, spec: CompressionSpec, in_features: int, scope: str = "row"):
         self.pattern = spec.pattern
         self.k = None if spec.pattern is not None else keep_count(in_features, spec.sparsity)
+        self.layer = spec.pattern is None and scope == "layer"
 
     def full(self, scores: torch.Tensor) -> torch.Tensor:
         """Fresh selection from ``scores`` (out, in)."""
         if self.pattern is not None:
             return nm_mask(scores, *self.pattern)
+        if self.layer:
+            flat = scores.reshape(-1)
+            mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
+            mask[torch.topk(flat, self.k * scores.shape[0], sorted=False).indices] = True
+            return mask.reshape(scores.shape)
         return topk_mask(scores, self.k)
 
     def __call__(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         a = scores.abs()
-        if mask is None:
+        if mask is None or self.layer:
             return self.full(a)
         # arithmetic rather than torch.where (several times faster on CPU): a >= 0, so dropped
         # entries read as 0 for the max and kept entries as a + big for the min
@@ -290,6 +299,7 @@ def solve(
     quant_init: str = "obs",
     quant_iterations: int = 0,
     refit_scales: bool = True,
+    scope: str = "row",
 ) -> SolverResult:
     """AWP on ``weight`` (out, in) with ``stats.covariance`` (in, in); see the module docstring.
 
@@ -306,11 +316,16 @@ def solve(
         quant_init: start of the grid phase, "obs" (OBS rounding on the fixed mask) or "project".
         quant_iterations: PGD iterations on the grid with the fixed mask, best kept (0).
         refit_scales: least-squares group scales for the final codes (True).
+        scope: unstructured sparsity per "row" (every row keeps the same count, the paper's and Wanda's
+            set) or per "layer" (the layer keeps the same total; rows differ, as in SparseGPT's
+            per-block selection). Ignored for N:M.
     """
     check_problem(weight, stats, spec)
     _check_options(
         init, max_iterations, tolerance, damping, dtype, step, power_iterations, quant_init, quant_iterations
     )
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
     out_features, in_features = weight.shape
     c, dead = prepare_covariance(stats.covariance, damping, dtype)
     target = weight.to(dtype).clone()
@@ -326,7 +341,7 @@ def solve(
     theta = target.clone()
     mask = None
     if spec.prunes:
-        projector = SparseProjector(spec, in_features)
+        projector = SparseProjector(spec, in_features, scope)
         theta0, mask0 = _start(weight, stats.covariance, spec, init)
         theta, mask, iterations = iht(
             target, c, theta0.to(dtype), mask0, projector, eta, scale=scale,

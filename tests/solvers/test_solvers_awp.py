@@ -156,3 +156,37 @@ def test_float64_and_damping_paths(options):
     assert result.weight.dtype == torch.float32 and torch.isfinite(result.weight).all()
     assert torch.equal(dequantize(result.codes, result.scales, result.zeros), result.weight)
     assert result.objective < get_solver("wanda")(weight, stats, spec).objective
+
+
+def test_layer_scope_projection_is_the_layer_top_k():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 16, generator=gen) * torch.tensor([0.1, 1, 1, 3, 1, 1]).unsqueeze(1)
+    projector = SparseProjector(CompressionSpec(sparsity=0.75), 16, scope="layer")
+    mask = projector(scores, None)
+    flat = scores.abs().flatten()
+    expected = torch.zeros_like(flat, dtype=torch.bool)
+    expected[flat.argsort(descending=True)[: 4 * 6]] = True
+    assert torch.equal(mask.flatten(), expected)
+    assert mask.sum() == 24 and mask.sum(dim=1).tolist() != [4] * 6  # the rows differ
+
+
+@pytest.mark.parametrize("step", ["lambda_max", "diagonal"])
+def test_layer_scope_never_increases_and_keeps_the_layer_count(step):
+    weight, stats = correlated_problem(16, 64)
+    weight = weight * torch.linspace(0.2, 3, 16).unsqueeze(1)  # rows of different norms
+    spec = CompressionSpec(sparsity=0.7)
+    result = get_solver("awp")(weight, stats, spec, step=step, scope="layer", max_iterations=60, tolerance=0.0)
+    row = get_solver("awp")(weight, stats, spec, step=step, max_iterations=60, tolerance=0.0)
+    history = [get_solver("wanda")(weight, stats, spec).objective] + result.history
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(history, history[1:]))
+    assert int(result.mask.sum()) == 16 * (64 - int(0.7 * 64))
+    assert result.objective <= row.objective * (1 + 1e-6)  # the larger set, from the same start
+    if step == "diagonal":  # η = 1/λ_max moves too little to take weights from one row to another here
+        assert len(set(result.mask.sum(dim=1).tolist())) > 1
+        assert result.objective < 0.9 * row.objective
+
+
+def test_scope_is_validated():
+    weight, stats = correlated_problem(4, 32)
+    with pytest.raises(ValueError, match="scope must be one of"):
+        get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), scope="block")
