@@ -11,7 +11,9 @@ each layer with Wanda, SparseGPT and AWP variants, side by side in one run:
 - ``awp diagonal+momentum``: the same with Nesterov momentum and adaptive restart;
 - ``sparsegpt per-row``: SparseGPT choosing its mask within each row (AWP's and Wanda's set) instead of
   over each 128-column block of all rows (is it the constraint set?);
-- ``awp diagonal+momentum, layer scope``: AWP projecting on the layer's top-k instead of each row's.
+- ``awp diagonal+momentum, layer scope``: AWP projecting on the layer's top-k instead of each row's;
+- ``..., sparsegpt-start``: the same from SparseGPT's solution (per-row mask for the row scope, the
+  reference's block-wise mask for the layer scope).
 
 Prints the relative objective tr(ΔCΔᵀ)/tr(WCWᵀ), iterations and seconds of every run, the condition
 numbers of C and of its Jacobi-scaled form, and writes docs/results/awp_convergence.md.
@@ -44,6 +46,9 @@ VARIANTS = {  # name: (solver, options)
     "awp diagonal+momentum": ("awp", {"step": "diagonal", "momentum": True}),
     "sparsegpt per-row": ("sparsegpt", {"per_row": True}),
     "awp diagonal+momentum, layer scope": ("awp", {"step": "diagonal", "momentum": True, "scope": "layer"}),
+    "awp diagonal+momentum, sparsegpt-start": ("awp", {"step": "diagonal", "momentum": True, "init": "sparsegpt"}),
+    "awp diagonal+momentum, layer scope, sparsegpt-start": (
+        "awp", {"step": "diagonal", "momentum": True, "scope": "layer", "init": "sparsegpt"}),
 }
 LINEARS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
 

@@ -4,6 +4,9 @@ For each setting (50/60/70/80% unstructured, 2:4, INT4 g128, 2:4 + INT4 g128, 50
 and each method that applies to it, the dense model is restored, compressed with
 ``optimum_awp.compress`` (dense Θ kept in nn.Linear: ``pack=False``) on ONE set of calibration
 tokens shared by every method, and evaluated on the held-out part of "Wikipedia (gensim sample)".
+Besides AWP with AWPConfig's defaults ("awp"), two variants run: "awp-paper" (the paper's plain step
+η = 1/λ_max(C) from Wanda's mask) and "awp-sparsegpt" (from SparseGPT's solution, on the layer's top-k
+for unstructured sparsity); see ``AWP_VARIANTS``.
 
 Results go to ``docs/results/fidelity.json`` after every run (``--resume`` skips the runs already
 there), and ``fidelity.md`` / ``fidelity.png`` are rewritten from the JSON. Text after the notes
@@ -62,18 +65,33 @@ SETTINGS = {
     )
 }
 METHODS = {
-    "prune": ("magnitude", "wanda", "sparsegpt", "awp"),
-    "quant": ("rtn", "awq", "gptq", "awp"),
-    "joint": ("wanda", "awq", "sparsegpt", "awp"),
+    "prune": ("magnitude", "wanda", "sparsegpt", "awp-paper", "awp", "awp-sparsegpt"),
+    "quant": ("rtn", "awq", "gptq", "awp-paper", "awp"),
+    "joint": ("wanda", "awq", "sparsegpt", "awp-paper", "awp", "awp-sparsegpt"),
+}
+# Runs of the awp solver with settings other than AWPConfig's defaults: run name -> AWPConfig fields.
+AWP_VARIANTS = {
+    # the paper's plain projected gradient: η = 1/λ_max(C), Wanda start, row top-k
+    "awp-paper": {"step": "lambda_max", "momentum": False, "init": "wanda", "scope": "row"},
+    # from SparseGPT's solution, on the layer's top-k for unstructured sparsity (the set of SparseGPT's
+    # block-wise masks); N:M ignores the scope
+    "awp-sparsegpt": {"init": "sparsegpt", "scope": "layer"},
 }
 LABELS = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "awp": "AWP", "rtn": "RTN",
-          "awq": "AWQ", "gptq": "GPTQ"}
-JOINT_LABELS = {"wanda": "Wanda + RTN", "awq": "Wanda + AWQ", "sparsegpt": "SparseGPT (joint)", "awp": "AWP (joint)"}
+          "awq": "AWQ", "gptq": "GPTQ", "awp-paper": "AWP (paper step)", "awp-sparsegpt": "AWP (SparseGPT start)"}
+JOINT_LABELS = {"wanda": "Wanda + RTN", "awq": "Wanda + AWQ", "sparsegpt": "SparseGPT (joint)", "awp": "AWP (joint)",
+                "awp-paper": "AWP (joint, paper step)", "awp-sparsegpt": "AWP (joint, SparseGPT start)"}
 GROUP_SIZE = 128  # the GGUF's own 4-bit blocks are 32 wide: group 32 would flatter every 4-bit method
 
 
 def label(method: str, setting: Setting) -> str:
     return (JOINT_LABELS if setting.kind == "joint" else LABELS).get(method, method)
+
+
+def solver_of(method: str) -> str:
+    """The registered solver behind a run name ("awp-paper" -> "awp")."""
+    return "awp" if method in AWP_VARIANTS else method
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="32 x 512 calibration tokens, 16 x 512 eval windows")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
-                   help=f"subset of {list(SETTINGS)}")
+                   help=f"subset of {list(SETTINGS)}".replace("%", "%%"))
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="subset of the methods (default: every registered method that applies)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -99,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=None, help="AWP stopping tolerance (AWPConfig default)")
     p.add_argument("--damping", type=float, default=None, help="damping of C (AWPConfig default)")
     p.add_argument("--init", default=None, help="AWP initial point (AWPConfig default)")
+    p.add_argument("--step", default=None, help="AWP step, lambda_max or diagonal (AWPConfig default)")
+    p.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=None,
+                   help="AWP momentum (AWPConfig default)")
+    p.add_argument("--scope", default=None, help="AWP unstructured scope, row or layer (AWPConfig default)")
     p.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.add_argument("--log-level", default="WARNING", help="level of the optimum_awp loggers")
@@ -120,17 +142,18 @@ def registered_methods(wanted: list[str] | None) -> set[str]:
     from optimum_awp.solvers import SOLVERS
 
     names = set(wanted or [m for ms in METHODS.values() for m in ms])
-    for name in sorted(names):
+    for name in sorted({solver_of(n) for n in names}):
         if name not in SOLVERS:
             try:
                 importlib.import_module(f"optimum_awp.solvers.{name}")
             except ModuleNotFoundError as err:  # no such solver module: the method is skipped
                 if err.name != f"optimum_awp.solvers.{name}":
                     raise
-    missing = sorted(n for n in names if n not in SOLVERS)
+    missing = sorted(n for n in names if solver_of(n) not in SOLVERS)
     if wanted and missing:
-        raise SystemExit(f"--methods names unregistered solvers {missing}; registered: {sorted(SOLVERS)}")
-    return names & set(SOLVERS)
+        raise SystemExit(f"--methods names unregistered solvers {missing}; registered: {sorted(SOLVERS)} "
+                         f"and the awp variants {sorted(AWP_VARIANTS)}")
+    return {n for n in names if solver_of(n) in SOLVERS}
 
 
 def plan(args: argparse.Namespace) -> list[tuple[Setting, str]]:
@@ -259,7 +282,8 @@ def target_lines(data: dict) -> list[str]:
     out = []
     for setting in SETTINGS.values():
         awp = ppl(setting.name, "awp")
-        others = {m: ppl(setting.name, m) for m in METHODS[setting.kind] if m != "awp" and ppl(setting.name, m)}
+        others = {m: ppl(setting.name, m) for m in METHODS[setting.kind]
+                  if solver_of(m) != "awp" and ppl(setting.name, m)}
         if awp is None or not others:
             continue
         best_method = min(others, key=others.get)
@@ -403,8 +427,9 @@ def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> di
     from optimum_awp.compress import compress
     from optimum_awp.config import AWPConfig
 
-    config = AWPConfig(method=method, sparsity=setting.sparsity, bits=setting.bits, group_size=GROUP_SIZE,
-                       nsamples=ids.shape[0], seqlen=ids.shape[1], **awp_options(args))
+    options = {**awp_options(args), **AWP_VARIANTS.get(method, {})}
+    config = AWPConfig(method=solver_of(method), sparsity=setting.sparsity, bits=setting.bits, group_size=GROUP_SIZE,
+                       nsamples=ids.shape[0], seqlen=ids.shape[1], **options)
     report = compress(model, config, ids, pack=False, progress=not args.no_progress, batch_size=args.batch_size)
     return {
         "compress_seconds": round(report.seconds, 2),
@@ -419,7 +444,7 @@ def awp_options(args) -> dict:
 
     defaults = AWPConfig(sparsity=0.5)
     return {k: getattr(args, k) if getattr(args, k) is not None else getattr(defaults, k)
-            for k in ("max_iterations", "tolerance", "damping", "init")}
+            for k in ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,18 +265,19 @@ def least_squares_scales(
 
 
 def _start(
-    weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, init: str
+    weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, init: str, per_row: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A feasible sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only).
+    """A sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only).
 
-    Computed directly (not through the registry) so that no objective is evaluated. SparseGPT runs
-    with ``per_row=True`` for unstructured sparsity, so its start is in AWP's set (the reference's
-    block-wide mask gives rows of unequal sparsity).
+    Computed directly (not through the registry) so that no objective is evaluated. With ``per_row``
+    SparseGPT chooses its unstructured mask within each row, so its start is in the row-scope set;
+    without, it uses the reference's mask over each block of all rows (rows of unequal sparsity,
+    for the layer scope).
     """
     sparse_spec = CompressionSpec(sparsity=spec.sparsity, pattern=spec.pattern)
     w = weight.to(torch.float32)
     if init == "sparsegpt":
-        point = obs_compress(w, covariance, sparse_spec, per_row=spec.pattern is None)
+        point = obs_compress(w, covariance, sparse_spec, per_row=per_row and spec.pattern is None)
         return point.weight, point.mask
     mask = wanda_mask(w, covariance, sparse_spec) if init == "wanda" else sparsity_mask(w, sparse_spec)
     return w * mask, mask
@@ -342,7 +343,11 @@ def solve(
     mask = None
     if spec.prunes:
         projector = SparseProjector(spec, in_features, scope)
-        theta0, mask0 = _start(weight, stats.covariance, spec, init)
+        theta0, mask0 = _start(weight, stats.covariance, spec, init, per_row=scope == "row")
+        if projector.layer and int(mask0.sum()) > projector.k * out_features:
+            # SparseGPT's block-wise rounding may keep a few more than the layer's count: trim them
+            mask0 = projector(theta0, None) & mask0
+            theta0 = theta0 * mask0
         theta, mask, iterations = iht(
             target, c, theta0.to(dtype), mask0, projector, eta, scale=scale,
             max_iterations=max_iterations, tolerance=tolerance, momentum=momentum, norm=norm, history=history,

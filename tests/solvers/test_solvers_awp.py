@@ -190,3 +190,13 @@ def test_scope_is_validated():
     weight, stats = correlated_problem(4, 32)
     with pytest.raises(ValueError, match="scope must be one of"):
         get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), scope="block")
+
+
+def test_layer_scope_from_sparsegpt_is_no_worse_than_sparsegpt():
+    weight, stats = correlated_problem(16, 64)
+    spec = CompressionSpec(sparsity=0.7)
+    result = get_solver("awp")(weight, stats, spec, scope="layer", init="sparsegpt", step="diagonal",
+                               momentum=True, max_iterations=40)
+    reference = get_solver("sparsegpt")(weight, stats, spec)  # block-wise mask: rows of unequal sparsity
+    assert int(result.mask.sum()) <= 16 * (64 - int(0.7 * 64))
+    assert result.objective <= reference.objective * (1 + 1e-4)
