@@ -290,7 +290,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .config import AWPConfig
     from .data import describe_source, embedded_model, eval_tokens
     from .evaluate import load_model
-    from .hub import config_summary, model_sizes
+    from .hub import check_save_directory, config_summary, model_sizes
     from .nn import AWPLinear
     from .optimum import AWPOptimumQuantizer
 
@@ -299,6 +299,7 @@ def run_demo(args: argparse.Namespace) -> int:
         method=args.method, sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
         dataset=args.dataset, nsamples=args.nsamples, seqlen=args.calib_seqlen, max_iterations=args.max_iterations,
     )  # fmt: skip
+    check_save_directory(args.output)
     _apply_threads(args)
     print("== 1/5 the model and the text (converted once, then cached)")
     model_path = args.model or embedded_model()
@@ -462,7 +463,7 @@ def run_compress(args: argparse.Namespace) -> int:
     from .config import AWPConfig
     from .data import EMBEDDED_MODEL_DESCRIPTION, describe_source
     from .evaluate import load_model, perplexity
-    from .hub import model_sizes, push_to_hub
+    from .hub import check_save_directory, model_sizes, push_to_hub
     from .optimum import AWPOptimumQuantizer
 
     # Validated before anything is loaded.
@@ -472,6 +473,7 @@ def run_compress(args: argparse.Namespace) -> int:
         seed=args.seed, max_iterations=args.max_iterations, tolerance=args.tolerance, damping=args.damping,
         init=args.init, step=args.step, momentum=args.momentum, scope=args.scope, modules_to_not_convert=args.keep_dense,
     )  # fmt: skip
+    check_save_directory(args.output)
     _apply_threads(args)
     _print_settings({"model": _describe_model(args.model), "method": f"{config.method}, sparsity={config.sparsity}, "
                      f"bits={config.bits}, group_size={config.group_size}, symmetric={config.symmetric}",

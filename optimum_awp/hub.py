@@ -30,7 +30,7 @@ from .nn.linear import AWPLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["model_card", "model_sizes", "push_to_hub", "save_pretrained"]
+__all__ = ["check_save_directory", "model_card", "model_sizes", "push_to_hub", "save_pretrained"]
 
 
 # --- sizes ----------------------------------------------------------------------------------------------------
@@ -186,16 +186,29 @@ def _describe(config: AWPConfig) -> str:
 
 # --- save -----------------------------------------------------------------------------------------------------
 
-def _replace_directory(staged: Path, target: Path) -> None:
-    """Move the finished ``staged`` folder to ``target``; an existing ``target`` is replaced only at the end."""
+def check_save_directory(save_directory: str | os.PathLike) -> Path:
+    """The absolute target folder, or ValueError when saving there would have to refuse.
+
+    A folder may be replaced only when it is empty or holds a model (``config.json``); call this before
+    expensive work so that a bad ``--output`` fails at once rather than after compression.
+    """
+    target = Path(save_directory).expanduser().absolute()
     if not target.exists():
-        os.replace(staged, target)
-        return
+        return target
     if not target.is_dir():
         raise ValueError(f"save_directory {str(target)!r} exists and is not a folder.")
     if any(target.iterdir()) and not (target / "config.json").exists():
         raise ValueError(f"save_directory {str(target)!r} is a non-empty folder that holds no model "
                          "(no config.json); refusing to replace it.")
+    return target
+
+
+def _replace_directory(staged: Path, target: Path) -> None:
+    """Move the finished ``staged`` folder to ``target``; an existing ``target`` is replaced only at the end."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    check_save_directory(target)
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.replace(target, old / "previous")
     try:

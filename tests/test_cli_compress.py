@@ -112,3 +112,15 @@ def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys):
     assert code == 2
     assert "AWPConfig.sparsity" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["compress", "demo"])
+def test_an_output_folder_that_holds_no_model_is_refused_before_loading(command, tmp_path, capsys):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    model = ["--model", str(tmp_path / "missing")] if command == "demo" else [str(tmp_path / "missing")]
+    code = cli.main([command, *model, "-o", str(out), "--sparsity", "2:4"])
+    assert code == 2
+    assert "holds no model" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
