@@ -58,8 +58,15 @@ class KernelOptions:
             64-128 tokens on Gemma-3-270M's shapes.
         cpu_int4_max_tokens_cached: the same limit when the module keeps a dense cache: a bf16 dense
             matmul beats the kernel from about 8-16 tokens there.
-        cuda_int4_max_tokens: same for the CUDA tinygemm kernel (not measured here: no GPU).
-        cuda_2of4_min_tokens: the CUDA semi-structured kernel runs from this many tokens (not measured here).
+        cuda_int4_max_tokens: same for the CUDA tinygemm kernel. Measured on an H100 with
+            benchmarks/kernels_cuda.py (docs/results/kernels_cuda.md): tinygemm beats dequantize-per-call
+            up to about 128 tokens on 4096- and 11008-wide layers (2.2-2.4x dense bf16 at one token),
+            and loses from 256.
+        cuda_2of4_min_tokens: the CUDA semi-structured kernel runs automatically from this many tokens;
+            None (the default): never automatically, only when forced with ``use_backend("cuda_2of4")``
+            and a threshold set here. On the H100 with torch 2.11 it lost to dense fp16 at every size
+            measured (0.01-0.8x, 1 to 8192 tokens): torch's cuSPARSELt binding spends about 0.5 ms of CPU
+            time per call and CUTLASS's 2:4 kernels are sm8x-only.
         cache_dense: keep a decompressed dense weight per device and dtype. None: the format's default,
             True for "2:4" (its compact storage has no fast kernel on CPU) and False for INT4 formats
             (they would lose their memory saving; they dequantize per call at many tokens instead).
@@ -67,8 +74,8 @@ class KernelOptions:
 
     cpu_int4_max_tokens: int = 64
     cpu_int4_max_tokens_cached: int = 8
-    cuda_int4_max_tokens: int = 32
-    cuda_2of4_min_tokens: int = 256
+    cuda_int4_max_tokens: int = 128
+    cuda_2of4_min_tokens: int | None = None
     cache_dense: bool | None = None
 
 
@@ -365,7 +372,8 @@ def _semi_structured_class():
 @register_kernel
 class Cuda2of4Kernel(Kernel):
     """CUDA 2:4 sparse tensor cores via ``torch.sparse`` semi-structured tensors (cuSPARSELt if present,
-    else CUTLASS), fp16/bf16, only from ``cuda_2of4_min_tokens`` tokens (below, dense matmuls win).
+    else CUTLASS), fp16/bf16, only from ``cuda_2of4_min_tokens`` tokens (off by default: it lost to
+    dense everywhere on an H100, see KernelOptions).
     Also runs "2:4+int4", whose dequantized weight keeps the 2:4 pattern (pruned codes give exact 0)."""
 
     name = "cuda_2of4"
@@ -375,6 +383,7 @@ class Cuda2of4Kernel(Kernel):
             query.device.type == "cuda"
             and get_format(query.format).sparse
             and query.dtype in (torch.float16, torch.bfloat16)
+            and options.cuda_2of4_min_tokens is not None
             and query.tokens >= options.cuda_2of4_min_tokens
             and torch.cuda.is_available()
             and _cuda_capability(query.device) >= (8, 0)

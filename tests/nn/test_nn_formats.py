@@ -89,6 +89,7 @@ def test_num_groups():
 # ----------------------------------------------------------------------------------------------- 2:4
 def random_2of4(out_features, in_features, dtype=torch.float32):
     w = torch.randn(out_features, in_features, dtype=dtype)
+    w = torch.where(w == 0, torch.ones_like(w), w)  # kept entries nonzero (pack_2of4 infers keep = w != 0)
     scores = torch.rand(out_features, in_features // 4, 4)
     keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(2, -1).indices, True)
     return w * keep.view_as(w), keep.view_as(w)
