@@ -121,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=None,
                    help="AWP momentum (AWPConfig default)")
     p.add_argument("--scope", default=None, help="AWP unstructured scope, row or layer (AWPConfig default)")
+    p.add_argument("--bf16-products", action=argparse.BooleanOptionalAction, default=None,
+                   help="AWP iteration products in bfloat16 (AWPConfig default)")
     p.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.add_argument("--log-level", default="WARNING", help="level of the optimum_awp loggers")
@@ -444,7 +446,7 @@ def awp_options(args) -> dict:
 
     defaults = AWPConfig(sparsity=0.5)
     return {k: getattr(args, k) if getattr(args, k) is not None else getattr(defaults, k)
-            for k in ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope")}
+            for k in ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope", "bf16_products")}
 
 
 def main(argv: list[str] | None = None) -> int:

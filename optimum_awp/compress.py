@@ -29,7 +29,9 @@ from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 logger = logging.getLogger(__name__)
 
 # AWPConfig fields handed to solvers, each only to the solvers whose signature names it.
-SOLVER_OPTION_FIELDS = ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope")
+SOLVER_OPTION_FIELDS = (
+    "max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope", "bf16_products",
+)
 
 
 @dataclass

@@ -24,7 +24,7 @@ SCOPES = ("row", "layer")
 SAVED_FIELDS = (
     "quant_method", "format_version", "method", "sparsity", "bits", "group_size", "symmetric",
     "nsamples", "seqlen", "seed", "max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope",
-    "modules_to_not_convert", "compressed_modules",
+    "bf16_products", "modules_to_not_convert", "compressed_modules",
 )
 
 
@@ -66,6 +66,9 @@ class AWPConfig(QuantizationConfigMixin):
             kept). ``step="lambda_max", momentum=False`` is the paper's plain projected gradient.
         scope: unstructured sparsity per "row" (each row keeps the same count, as in the AWP paper and
             Wanda) or per "layer" (the layer keeps the same total, rows differ). AWP only; N:M ignores it.
+        bf16_products: AWP computes its iteration products (W - Θ) C in bfloat16 (default False):
+            2.1-3x faster products on CPUs with AVX512-BF16 and on GPUs; iterates, objective and the
+            INT4 grid phase stay in float32 (docs/results/fidelity.md measures the effect).
         modules_to_not_convert: module names (or name suffixes) left dense; default ["lm_head"].
         compressed_modules: filled after compression: module name -> storage format. Saved, so a
             checkpoint can be rebuilt on the meta device without recompressing.
@@ -89,6 +92,7 @@ class AWPConfig(QuantizationConfigMixin):
     step: str = "diagonal"
     momentum: bool = True
     scope: str = "row"
+    bf16_products: bool = False
     modules_to_not_convert: list[str] | None = None
     compressed_modules: dict[str, str] | None = None
     format_version: int = FORMAT_VERSION
@@ -117,6 +121,7 @@ class AWPConfig(QuantizationConfigMixin):
         _check(self.step in STEPS, "step", self.step, f"one of {STEPS}")
         _check(isinstance(self.momentum, bool), "momentum", self.momentum, "a bool")
         _check(self.scope in SCOPES, "scope", self.scope, f"one of {SCOPES}")
+        _check(isinstance(self.bf16_products, bool), "bf16_products", self.bf16_products, "a bool")
         _check(self.scope == "row" or self.method == "awp", "scope", self.scope,
                f"'row' for method {self.method!r} (only awp takes scope='layer')")
         if self.modules_to_not_convert is None:

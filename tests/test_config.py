@@ -40,6 +40,7 @@ BAD_FIELDS = [
     ("modules_to_not_convert", [1]),
     ("compressed_modules", ["model.layers.0.mlp.up_proj"]),
     ("compressed_modules", {"model.layers.0.mlp.up_proj": 4}),
+    ("bf16_products", "yes"),
     ("format_version", FORMAT_VERSION + 1),
     ("quant_method", "gptq"),
 ]

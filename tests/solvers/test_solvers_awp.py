@@ -6,7 +6,7 @@ import pytest
 import torch
 from awp_solver_helpers import correlated_problem
 
-from optimum_awp.solvers import CompressionSpec, LayerStats, dequantize, get_solver
+from optimum_awp.solvers import CompressionSpec, LayerStats, dequantize, get_solver, relative_objective
 from optimum_awp.solvers.awp import SparseProjector, lambda_max, least_squares_scales, prepare_covariance
 
 
@@ -200,3 +200,23 @@ def test_layer_scope_from_sparsegpt_is_no_worse_than_sparsegpt():
     reference = get_solver("sparsegpt")(weight, stats, spec)  # block-wise mask: rows of unequal sparsity
     assert int(result.mask.sum()) <= 16 * (64 - int(0.7 * 64))
     assert result.objective <= reference.objective * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("spec", [CompressionSpec(sparsity=0.7), CompressionSpec(pattern=(2, 4)),
+                                  CompressionSpec(pattern=(2, 4), bits=4, group_size=32)])
+def test_bf16_products_stay_close_and_report_the_exact_objective(spec):
+    weight, stats = correlated_problem(32, 128)
+    options = dict(step="diagonal", momentum=True, max_iterations=40)
+    full = get_solver("awp")(weight, stats, spec, **options)
+    fast = get_solver("awp")(weight, stats, spec, bf16_products=True, **options)
+    assert fast.objective == pytest.approx(relative_objective(weight, fast.weight, stats.covariance), rel=1e-5)
+    assert fast.objective <= 1.05 * full.objective
+    assert fast.objective < get_solver("wanda")(weight, stats, spec).objective
+    kept = fast.mask.reshape(32, -1, 4).sum(-1) if spec.pattern else fast.mask.sum(1)
+    assert int(kept.max()) == (2 if spec.pattern else 128 - int(0.7 * 128))
+
+
+def test_bf16_products_is_validated():
+    weight, stats = correlated_problem(4, 32)
+    with pytest.raises(ValueError, match="bf16_products must be a bool"):
+        get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), bf16_products="yes")
