@@ -33,21 +33,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import random_module  # noqa: E402  (benchmarks/ is not a package)
+import kernels as cpu_bench  # noqa: E402  (benchmarks/ is not a package)
+from kernels import GROUP, bytes_per_weight, random_module  # noqa: E402
 
 from optimum_awp.nn import AWPLinear, kernels, use_backend  # noqa: E402
 
-SHAPES = [  # name, out, in
-    ("q_proj", 1024, 640),
-    ("gate/up_proj", 2048, 640),
-    ("down_proj", 640, 2048),
-    ("lm_head", 262144, 640),
-    ("4096x4096", 4096, 4096),
+SHAPES = [s for s in cpu_bench.SHAPES if s[0] not in ("k/v_proj", "o_proj")] + [  # name, out, in
     ("7B up (11008x4096)", 11008, 4096),
     ("7B down (4096x11008)", 4096, 11008),
 ]
 TOKENS = (1, 16, 128, 512, 2048, 4096, 8192)
-GROUP = 128
 NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"
 
 
@@ -202,9 +197,10 @@ def semi_structured_rows(shapes, tokens_list, device, timer, search: bool = Fals
     from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 
     rows = []
+    cutlass_runs = torch.cuda.get_device_capability(device) < (9, 0)  # torch's CUTLASS 2:4 is sm8x-only
     for name, out_features, in_features in shapes:
         w = random_module("2:4", out_features, in_features, torch.float16).to(device).dequantize(torch.float16)
-        cutlass = SparseSemiStructuredTensorCUTLASS.from_dense(w) if torch.cuda.get_device_capability(device) < (9, 0) else None
+        cutlass = SparseSemiStructuredTensorCUTLASS.from_dense(w) if cutlass_runs else None
         cusparselt = SparseSemiStructuredTensorCUSPARSELT.from_dense(w)
         compressed = torch._cslt_compress(w)
         for tokens in tokens_list:
@@ -216,7 +212,7 @@ def semi_structured_rows(shapes, tokens_list, device, timer, search: bool = Fals
                 "cslt_sparse_mm": lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True),
                 "cuSPARSELt F.linear": lambda: F.linear(x, cusparselt),
             }
-            if torch.cuda.get_device_capability(device) < (9, 0):
+            if cutlass_runs:
                 variants["CUTLASS F.linear"] = lambda: F.linear(x, cutlass)
             if search:
                 try:
@@ -323,13 +319,6 @@ def end_to_end(device, timer, layers: int, prefill_tokens, decode_tokens: int, l
 
 
 # ----------------------------------------------------------------------------------------------- report
-def bytes_per_weight(fmt: str, out_features: int, in_features: int) -> float:
-    if fmt in ("fp16", "bf16"):
-        return 2.0
-    module = AWPLinear.empty(fmt, in_features, out_features, bias=False, group_size=GROUP, dtype=torch.float16)
-    return module.weight_bytes() / (out_features * in_features)
-
-
 def markdown(info, gbps, rows, sweep, e2e, e2e_shape) -> str:
     lines = ["# CUDA kernels: per-layer times and end-to-end prefill/decode", ""]
     lines += [f"Written by `python benchmarks/kernels_cuda.py` ({info['when']}). Device: {info['device']}; "
@@ -340,7 +329,7 @@ def markdown(info, gbps, rows, sweep, e2e, e2e_shape) -> str:
     lines += ["## Bytes per weight and the bandwidth floor", "",
               "| format | bytes/weight | x fp16 | floor for 4096x4096 (us) |", "|---|---:|---:|---:|"]
     for fmt in ("fp16", "2:4", "int4", "2:4+int4"):
-        b = bytes_per_weight(fmt, 4096, 4096)
+        b = bytes_per_weight("bf16" if fmt == "fp16" else fmt, 4096, 4096)
         lines.append(f"| {fmt} | {b:.3f} | {b / 2:.3f} | {4096 * 4096 * b / gbps / 1e3:.1f} |")
     lines += ["", "## Per layer (us); speed-ups against dense fp16 (2:4) and dense bf16 (INT4 formats)", ""]
     keys = ["fp16", "bf16", "2:4 [cuda_2of4]", "2:4 auto", "int4 [cuda_int4]", "int4 auto", "2:4+int4 [cuda_int4]",

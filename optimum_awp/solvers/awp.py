@@ -202,7 +202,7 @@ def iht(
     Returns the best iterate, its mask and the number of iterations run.
     """
     history = [] if history is None else history
-    c_product = c.to(torch.bfloat16) if bf16_products and c.dtype != torch.bfloat16 else None
+    c_product = c.to(torch.bfloat16) if bf16_products else None
     grad, loss = _objective(target, c, theta, c_product)
     best = (loss, theta, mask)
     prev_theta = prev_grad = None
