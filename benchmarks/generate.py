@@ -78,14 +78,14 @@ def model_path() -> tuple[str, str | None]:
 
 def rtn_awp_linear(linear: torch.nn.Linear, dtype: torch.dtype):
     """An INT4 g128 symmetric AWPLinear of ``linear`` by round to nearest."""
-    from optimum_awp.nn import AWPLinear
+    from optimum_awp.compress import pack_linear
     from optimum_awp.solvers.base import CompressionSpec, SolverResult
     from optimum_awp.solvers.projections import project
 
     spec = CompressionSpec(bits=4, group_size=128, symmetric=True)
     point = project(linear.weight.detach().to(torch.float32), spec)
     result = SolverResult(weight=point.weight, mask=point.mask, codes=point.codes, scales=point.scales, zeros=point.zeros)
-    return AWPLinear.from_solver_result(result, spec, linear.bias, dtype)
+    return pack_linear(result, spec, linear.bias, dtype)
 
 
 def compress(model, head: bool) -> None:

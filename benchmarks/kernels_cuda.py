@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels as cpu_bench  # noqa: E402  (benchmarks/ is not a package)
 from kernels import GROUP, bytes_per_weight, random_module  # noqa: E402
 
+from optimum_awp.compress import pack_linear  # noqa: E402
 from optimum_awp.nn import AWPLinear, kernels, use_backend  # noqa: E402
 
 SHAPES = [s for s in cpu_bench.SHAPES if s[0] not in ("k/v_proj", "o_proj")] + [  # name, out, in
@@ -269,7 +270,7 @@ def compress_linears(model, fmt: str, dtype: torch.dtype) -> None:
                     continue
                 stats = LayerStats(covariance=torch.eye(child.in_features, device=child.weight.device))
                 result = solver(child.weight.detach().float(), stats, spec)
-                setattr(parent, child_name, AWPLinear.from_solver_result(result, spec, None, dtype))
+                setattr(parent, child_name, pack_linear(result, spec, None, dtype))
 
 
 LLAMA_7B_LAYER = dict(hidden=4096, intermediate=11008, heads=32, vocab=32000)

@@ -197,14 +197,25 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def pack_linear(result: SolverResult, spec: CompressionSpec, bias: torch.Tensor | None, dtype: torch.dtype):
+    """The AWPLinear holding ``result`` in the packed format of ``spec`` (``nn.format_for``)."""
+    from .nn import AWPLinear, format_for
+
+    return AWPLinear.from_parts(
+        format_for(spec.pattern, spec.bits), result.weight, mask=result.mask, codes=result.codes,
+        scales=result.scales, zeros=result.zeros, group_size=spec.group_size, symmetric=spec.symmetric,
+        bias=bias, dtype=dtype,
+    )  # fmt: skip
+
+
 def _packer(spec: CompressionSpec, pack: bool) -> tuple[str | None, Callable | None]:
     """(format, builder of the packed module) for ``spec``, or (None, None) to keep dense nn.Linear."""
     if not pack:
         return None, None
-    from .nn.linear import AWPLinear, format_for
+    from .nn import format_for
 
-    fmt = format_for(spec)
-    return (fmt, AWPLinear.from_solver_result) if fmt is not None else (None, None)
+    fmt = format_for(spec.pattern, spec.bits)
+    return (fmt, pack_linear) if fmt is not None else (None, None)
 
 
 # --------------------------------------------------------------------------------------------------

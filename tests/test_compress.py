@@ -9,7 +9,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, Llama
 from optimum_awp.compress import compress, is_excluded, solver_options, spec_from_config
 from optimum_awp.config import AWPConfig
 from optimum_awp.nn.kernels import use_backend
-from optimum_awp.nn.linear import AWPLinear, format_for
+from optimum_awp.nn import AWPLinear, format_for
 from optimum_awp.solvers import SOLVERS, CompressionSpec, LayerStats, SolverResult, relative_objective
 
 # optimum_awp.compress, the module: the package attribute of that name is the function
@@ -190,7 +190,7 @@ def test_pack_swaps_in_awp_linear_and_keeps_outputs():
     compress(dense, config, token_ids(), progress=False, pack=False)
     compress(packed, config, token_ids(), progress=False, pack=True)
     assert isinstance(packed.model.layers[0].mlp.down_proj, AWPLinear)
-    assert config.compressed_modules["model.layers.1.mlp.down_proj"] == format_for(spec)
+    assert config.compressed_modules["model.layers.1.mlp.down_proj"] == format_for(spec.pattern, spec.bits)
     assert "lm_head" not in config.compressed_modules
     # the reference path dequantizes exactly; the bf16 CPU kernel is checked against it in tests/nn
     with torch.no_grad(), use_backend("reference"):

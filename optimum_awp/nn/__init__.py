@@ -1,6 +1,6 @@
 """Compressed modules: packed storage formats, ``AWPLinear`` and its forward kernels."""
 
-from .formats import FORMATS, Format, get_format, register_format
+from .formats import FORMATS, Format, format_for, get_format, register_format
 from .kernels import (
     KERNELS,
     KernelOptions,
@@ -11,7 +11,7 @@ from .kernels import (
     set_kernel_options,
     use_backend,
 )
-from .linear import AWPLinear, format_for
+from .linear import AWPLinear
 
 __all__ = [
     "FORMATS",

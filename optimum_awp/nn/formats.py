@@ -332,6 +332,7 @@ class Format:
         name: registry key ("int4", "2:4", "2:4+int4").
         quantized: stores INT4 codes (``unpack_codes`` applies).
         sparse: stores 2:4 positions (``meta``).
+        pattern: the (N, M) pattern whose positions it stores, or None.
         in_multiple: in_features must be a multiple of this.
         shapes: (out, in, group_size, symmetric, dtype) -> {buffer name: (shape, dtype)}.
         pack: (weight, mask, codes, scales, zeros, group_size, dtype) -> {buffer name: tensor}.
@@ -347,6 +348,7 @@ class Format:
     pack: Callable[..., dict[str, torch.Tensor]]
     dequantize: Callable[..., torch.Tensor]
     unpack_codes: Callable[..., torch.Tensor] | None = None
+    pattern: tuple[int, int] | None = None
 
     def check_shape(self, out_features: int, in_features: int, group_size: int) -> None:
         """Raise ValueError when (out_features, in_features, group_size) cannot be stored in this format."""
@@ -380,6 +382,22 @@ def get_format(name: str) -> Format:
         return FORMATS[name]
     except KeyError:
         raise ValueError(f"Unknown format {name!r}; known formats: {sorted(FORMATS)}.") from None
+
+
+def format_for(pattern: tuple[int, int] | None, bits: int | None) -> str | None:
+    """The registered format that stores weights pruned to ``pattern`` (N, M) and quantized to ``bits``.
+
+    A sparse format stores its pattern's positions; an INT4 format without a pattern also holds any other
+    sparsity (pruned entries are zero codes). None when no format applies (pruning without bits other than
+    a format's pattern): such weights stay in an nn.Linear holding the zeros.
+    """
+    exact = [f for f in FORMATS.values() if f.pattern == pattern and f.quantized == (bits is not None)]
+    if exact:
+        return exact[0].name
+    if bits is not None:
+        fallback = [f for f in FORMATS.values() if f.pattern is None and f.quantized]
+        return fallback[0].name if fallback else None
+    return None
 
 
 def _quant_shapes(out_features, in_features, group_size, symmetric, dtype) -> BufferShapes:
@@ -457,6 +475,7 @@ register_format(
         in_multiple=8,
         shapes=lambda o, i, g, sym, dt: {"values": ((o, i // 2), dt), "meta": ((o, i // 8), torch.uint8)},
         pack=_sparse_pack,
+        pattern=(2, 4),
         dequantize=lambda buffers, dtype: unpack_2of4(buffers["values"], buffers["meta"]).to(dtype),
     )
 )
@@ -492,6 +511,7 @@ register_format(
             _sparse_int4_codes(buffers), buffers["scales"], buffers.get("zeros"), dtype
         ),
         unpack_codes=_sparse_int4_codes,
+        pattern=(2, 4),
     )
 )
 
@@ -501,6 +521,7 @@ __all__ = [
     "INT4_SYMMETRIC_ZERO",
     "Format",
     "dequantize_int4",
+    "format_for",
     "get_format",
     "mask_2of4",
     "num_groups",

@@ -12,29 +12,12 @@ import logging
 import torch
 from torch import nn
 
-from ..solvers.base import CompressionSpec, SolverResult
 from . import kernels
 from .formats import INT4_SYMMETRIC_ZERO, get_format
 
 logger = logging.getLogger(__name__)
 
 _DISPATCH_CACHE_LIMIT = 64
-
-
-def format_for(spec: CompressionSpec) -> str | None:
-    """The packed format for weights compressed under ``spec``.
-
-    Returns:
-        "2:4+int4" for pattern (2, 4) with bits; "2:4" for pattern (2, 4) alone; "int4" for bits with
-        any other sparsity (unstructured or another N:M: pruned entries are stored as zero codes);
-        None when no packed format applies (sparsity without bits other than 2:4): keep an nn.Linear
-        whose weight holds the zeros.
-    """
-    if spec.pattern == (2, 4):
-        return "2:4+int4" if spec.bits == 4 else "2:4"
-    if spec.bits == 4:
-        return "int4"
-    return None
 
 
 class AWPLinear(nn.Module):
@@ -111,57 +94,52 @@ class AWPLinear(nn.Module):
         )
 
     @classmethod
-    def from_solver_result(
+    def from_parts(
         cls,
-        result: SolverResult,
-        spec: CompressionSpec,
-        bias: torch.Tensor | None,
-        dtype: torch.dtype,
+        format: str,
+        weight: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        codes: torch.Tensor | None = None,
+        scales: torch.Tensor | None = None,
+        zeros: torch.Tensor | None = None,
+        group_size: int = 128,
+        symmetric: bool = True,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.bfloat16,
     ) -> "AWPLinear":
-        """Pack a solver's result into the format ``format_for(spec)`` picks.
+        """Pack a compressed weight into ``format``.
 
         Args:
-            result: weight Θ (out, in), mask (2:4 formats; default Θ != 0), codes/scales/zeros (INT4).
-            spec: the spec the result satisfies; gives format, group size and symmetry.
+            format: a ``FORMATS`` name ("int4", "2:4", "2:4+int4").
+            weight: the compressed dense weight Θ (out, in).
+            mask: kept entries, bool (out, in) (2:4 formats; default Θ != 0).
+            codes: uint8 (out, in) INT4 codes, pruned entries at the zero code (INT4 formats).
+            scales: (out, in / group_size) group scales (INT4 formats).
+            zeros: (out, in / group_size) integer zero points, asymmetric grids only.
+            group_size, symmetric: the INT4 grid.
             bias: (out,) or None; stored in ``dtype``.
             dtype: the model dtype of scales, values and bias.
         Returns:
-            An AWPLinear on result.weight's device whose ``dequantize()`` is Θ (in ``dtype``, exactly the
-            grid values for INT4 formats, Θ rounded to ``dtype`` for "2:4").
+            An AWPLinear on weight's device whose ``dequantize()`` is Θ (in ``dtype``: exactly the grid
+            values for INT4 formats, Θ rounded to ``dtype`` for "2:4").
         Raises:
-            ValueError: when no packed format applies (``format_for`` is None), or the result does not
-                match the spec (shapes, missing codes/scales/zeros, not 2:4).
+            ValueError: when the parts do not match the format (shapes, missing codes/scales, zeros on a
+                symmetric grid, not 2:4).
         """
-        name = format_for(spec)
-        if name is None:
-            raise ValueError(
-                f"No packed format applies to {spec} (sparsity without bits other than 2:4); "
-                "keep an nn.Linear holding the pruned weight."
-            )
-        weight = result.weight
+        fmt = get_format(format)
         if weight.dim() != 2:
-            raise ValueError(f"result.weight must be 2-D (out, in), got shape {tuple(weight.shape)}.")
+            raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}.")
         out_features, in_features = weight.shape
-        spec.check_shape(out_features, in_features)
-        zeros = None
-        if spec.quantizes and not spec.symmetric:
-            if result.zeros is None:
-                raise ValueError("An asymmetric spec needs result.zeros, got None.")
-            zeros = result.zeros
-        elif spec.quantizes and result.zeros is not None and bool((result.zeros != INT4_SYMMETRIC_ZERO).any()):
-            raise ValueError(f"A symmetric spec takes no zero points other than {INT4_SYMMETRIC_ZERO}; got result.zeros.")
-        module = cls(
-            in_features,
-            out_features,
-            bias is not None,
-            format=name,
-            group_size=spec.group_size,
-            symmetric=spec.symmetric,
-            dtype=dtype,
-            device=weight.device,
-        )
-        fmt = get_format(name)
-        packed = fmt.pack(weight, result.mask, result.codes, result.scales, zeros, spec.group_size, dtype)
+        if fmt.quantized and not symmetric and zeros is None:
+            raise ValueError("An asymmetric grid needs zeros, got None.")
+        if fmt.quantized and symmetric and zeros is not None:
+            if bool((zeros != INT4_SYMMETRIC_ZERO).any()):
+                raise ValueError(f"A symmetric grid takes no zero points other than {INT4_SYMMETRIC_ZERO}; got zeros.")
+            zeros = None
+        module = cls(in_features, out_features, bias is not None, format=fmt.name, group_size=group_size,
+                     symmetric=symmetric, dtype=dtype, device=weight.device)
+        packed = fmt.pack(weight, mask, codes, scales, zeros, module.group_size, dtype)
         for key, tensor in packed.items():
             expected = getattr(module, key)
             if tensor.shape != expected.shape or tensor.dtype != expected.dtype:
@@ -280,4 +258,4 @@ class AWPLinear(nn.Module):
         return ", ".join(parts)
 
 
-__all__ = ["AWPLinear", "format_for"]
+__all__ = ["AWPLinear"]

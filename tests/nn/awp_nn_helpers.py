@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import torch
 
-from optimum_awp.solvers.base import SolverResult
+from optimum_awp.nn import AWPLinear, format_for
+from optimum_awp.solvers.base import CompressionSpec, SolverResult
+
+
+def pack(result: SolverResult, spec: CompressionSpec, bias: torch.Tensor | None, dtype: torch.dtype) -> AWPLinear:
+    """The AWPLinear of ``result`` in the format ``spec`` maps to (as compress() builds it)."""
+    fmt = format_for(spec.pattern, spec.bits)
+    if fmt is None:
+        raise ValueError(f"No packed format applies to {spec}.")
+    return AWPLinear.from_parts(fmt, result.weight, mask=result.mask, codes=result.codes, scales=result.scales,
+                                zeros=result.zeros, group_size=spec.group_size, symmetric=spec.symmetric,
+                                bias=bias, dtype=dtype)
 
 
 def magnitude_2of4(weight: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from awp_nn_helpers import magnitude_2of4, rtn_int4
+from awp_nn_helpers import magnitude_2of4, pack, rtn_int4
 
 from optimum_awp.nn import AWPLinear, kernel_options, kernels, set_backend, set_kernel_options, use_backend
 from optimum_awp.solvers.base import CompressionSpec, SolverResult
@@ -26,7 +26,7 @@ def build(fmt, out_features=64, in_features=256, group_size=128, symmetric=True,
         spec = CompressionSpec(pattern=pattern, bits=4, group_size=group_size, symmetric=symmetric)
         result = rtn_int4(weight, group_size, symmetric, mask)
     b = torch.randn(out_features) if bias else None
-    return AWPLinear.from_solver_result(result, spec, b, dtype)
+    return pack(result, spec, b, dtype)
 
 
 def reference(module, x):

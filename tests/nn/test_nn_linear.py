@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from awp_nn_helpers import magnitude_2of4, rtn_int4
+from awp_nn_helpers import magnitude_2of4, pack, rtn_int4
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,7 +44,7 @@ def make_module(fmt, out_features=64, in_features=256, group_size=128, symmetric
     spec = make_spec(fmt, group_size, symmetric)
     weight = torch.randn(out_features, in_features)
     b = torch.randn(out_features) if bias else None
-    return AWPLinear.from_solver_result(make_result(weight, spec), spec, b, dtype), spec
+    return pack(make_result(weight, spec), spec, b, dtype), spec
 
 
 # ----------------------------------------------------------------------------------------------- construction
@@ -61,7 +61,7 @@ def make_module(fmt, out_features=64, in_features=256, group_size=128, symmetric
     ],
 )
 def test_format_for(spec, expected):
-    assert format_for(spec) == expected
+    assert format_for(spec.pattern, spec.bits) == expected
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -70,7 +70,7 @@ def test_format_for(spec, expected):
 def test_from_solver_result_dequantizes_to_the_grid(fmt, symmetric, group_size):
     spec = make_spec(fmt, group_size, symmetric)
     result = make_result(torch.randn(48, 256), spec)
-    module = AWPLinear.from_solver_result(result, spec, None, torch.bfloat16)
+    module = pack(result, spec, None, torch.bfloat16)
     assert module.format == fmt and module.bias is None
     assert all(not p for p in module.parameters())  # buffers only
     dense = module.dequantize(torch.float32)
@@ -90,25 +90,25 @@ def test_unstructured_int4_keeps_pruned_entries_exactly_zero():
     spec = CompressionSpec(sparsity=0.5, bits=4, group_size=64, symmetric=False)
     weight = torch.randn(32, 128)
     mask = weight.abs() > weight.abs().median(dim=1, keepdim=True).values
-    module = AWPLinear.from_solver_result(rtn_int4(weight, 64, False, mask), spec, None, torch.float16)
+    module = pack(rtn_int4(weight, 64, False, mask), spec, None, torch.float16)
     dense = module.dequantize()
     assert torch.equal(dense[~mask], torch.zeros_like(dense[~mask]))
 
 
-def test_from_solver_result_refusals():
+def test_from_parts_refusals():
     weight = torch.randn(16, 128)
     with pytest.raises(ValueError, match="No packed format"):
-        AWPLinear.from_solver_result(SolverResult(weight=weight), CompressionSpec(sparsity=0.5), None, torch.float32)
+        pack(SolverResult(weight=weight), CompressionSpec(sparsity=0.5), None, torch.float32)
     spec = CompressionSpec(bits=4, symmetric=False)
     result = rtn_int4(weight, 128, True)
     with pytest.raises(ValueError, match="zeros"):
-        AWPLinear.from_solver_result(result, spec, None, torch.float32)
+        pack(result, spec, None, torch.float32)
     with pytest.raises(ValueError, match="codes is required"):
-        AWPLinear.from_solver_result(SolverResult(weight=weight), CompressionSpec(bits=4), None, torch.float32)
-    with pytest.raises(ValueError, match="divisible by group_size"):
-        AWPLinear.from_solver_result(SolverResult(weight=torch.randn(16, 96)), CompressionSpec(bits=4), None, torch.float32)
+        pack(SolverResult(weight=weight), CompressionSpec(bits=4), None, torch.float32)
+    with pytest.raises(ValueError, match="group_size=128 must divide"):
+        pack(SolverResult(weight=torch.randn(16, 96)), CompressionSpec(bits=4), None, torch.float32)
     with pytest.raises(ValueError, match="not a 2:4 pattern"):
-        AWPLinear.from_solver_result(SolverResult(weight=weight), CompressionSpec(pattern=(2, 4)), None, torch.float32)
+        pack(SolverResult(weight=weight), CompressionSpec(pattern=(2, 4)), None, torch.float32)
     with pytest.raises(ValueError, match="floating"):
         AWPLinear.empty("int4", 128, 16, False, dtype=torch.int32)
     with pytest.raises(ValueError, match="Unknown format"):
@@ -242,7 +242,7 @@ def swap_linears(model, fmt, group_size=32):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 result = make_result(child.weight.detach().float(), spec)
-                awp = AWPLinear.from_solver_result(result, spec, child.bias, child.weight.dtype)
+                awp = pack(result, spec, child.bias, child.weight.dtype)
                 setattr(module, child_name, awp)
                 dense[f"model.layers.{name}.{child_name}.weight".replace("..", ".")] = awp.dequantize()
     return dense
