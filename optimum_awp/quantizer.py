@@ -9,15 +9,16 @@ Every ``HfQuantizer`` hook lives here and stays thin:
   load, each listed ``nn.Linear`` is swapped for an empty ``AWPLinear`` on the meta device, so transformers'
   loader assigns the packed buffers directly: nothing is recompressed and no dense copy is built.
 
-transformers has no plugin discovery for quantizers, so ``import optimum_awp`` (which calls :func:`register`)
-must run before ``from_pretrained`` reads a config naming "awp".
+transformers has no plugin discovery for quantizers: ``import optimum_awp`` calls :func:`register`, and in a
+process that never imports it, the startup hook installed with the package (``_optimum_awp_autoload``) registers
+placeholders that import optimum_awp when transformers first reads a config naming "awp". The checks that refuse
+a checkpoint which would load wrong live in :mod:`optimum_awp.checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -29,18 +30,22 @@ from transformers.quantizers.auto import (
 )
 from transformers.quantizers.base import HfQuantizer
 
+from .checkpoint import (
+    MISSPELLINGS,
+    CheckpointError,
+    MisspelledQuantMethod,
+    check_checkpoint,
+    check_config,
+    check_loaded,
+    swap_empty_modules,
+)
 from .compress import compress
-from .config import FORMAT_VERSION, AWPConfig
-from .nn.formats import FORMATS
+from .config import AWPConfig
 from .nn.linear import AWPLinear
 
 logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "awp"
-
-
-class CheckpointError(ValueError):
-    """An optimum-awp checkpoint that this version cannot read (missing tensor, wrong shape or dtype)."""
 
 
 class AWPQuantizer(HfQuantizer):
@@ -108,19 +113,7 @@ class AWPQuantizer(HfQuantizer):
 def check_loadable(config: AWPConfig, *, pre_quantized: bool, device_map=None) -> None:
     """Raise ValueError naming the field when ``config`` cannot load or compress a model."""
     if pre_quantized:
-        modules = config.compressed_modules
-        if modules is None:
-            raise CheckpointError(
-                "This checkpoint's quantization_config names quant_method 'awp' but has no compressed_modules: "
-                "it was saved before compression finished. Recompress the dense model with optimum-awp."
-            )
-        known = sorted(FORMATS)
-        unknown = sorted({fmt for fmt in modules.values() if fmt not in known})
-        if unknown:
-            raise CheckpointError(
-                f"AWPConfig.compressed_modules uses formats {unknown} that this optimum-awp cannot read; "
-                f"known formats: {known}. Upgrade optimum-awp."
-            )
+        check_config(config)
         return
     if config.dataset is None:
         raise ValueError("AWPConfig.dataset must be set to compress on load (a source name, a path, a list of "
@@ -156,93 +149,6 @@ def calibration_tokenizer(config: AWPConfig, name_or_path: str):
     return AutoTokenizer.from_pretrained(tokenizer or name_or_path)
 
 
-def swap_empty_modules(model: nn.Module, config: AWPConfig) -> None:
-    """Replace each module of ``config.compressed_modules`` by an empty ``AWPLinear`` on the meta device.
-
-    The buffers take the shapes of the module they replace and the dtype of its weight (which
-    ``from_pretrained`` already set from ``dtype=``); integer buffers keep their own dtype.
-    """
-    for name, fmt in config.compressed_modules.items():
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(f"compressed_modules names {name!r}, which {type(model).__name__} does not "
-                                  "have: the checkpoint does not belong to this architecture.") from None
-        if not isinstance(old, nn.Linear):
-            raise CheckpointError(f"compressed_modules names {name!r}, a {type(old).__name__}; only nn.Linear "
-                                  "modules are compressed.")
-        new = AWPLinear.empty(fmt, old.in_features, old.out_features, old.bias is not None, config.group_size,
-                              config.symmetric, old.weight.dtype, device="meta")
-        model.set_submodule(name, new)
-
-
-def _checkpoint_headers(checkpoint_files: Iterable[str]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Tensor name -> (shape, safetensors dtype) across ``checkpoint_files``, read from headers only."""
-    from safetensors import safe_open
-
-    headers = {}
-    for path in checkpoint_files:
-        if not str(path).endswith(".safetensors"):
-            continue
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                piece = f.get_slice(key)
-                headers[key] = (tuple(piece.get_shape()), piece.get_dtype())
-    return headers
-
-
-_SAFETENSORS_INT = {"I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
-                    "I64": torch.int64, "BOOL": torch.bool}
-
-
-def check_checkpoint(model: nn.Module, compressed_modules: dict[str, str], checkpoint_files: list[str]) -> None:
-    """Raise CheckpointError unless every buffer of every compressed module is in the checkpoint with the
-    shape its format promises (and, for integer buffers, the same integer dtype).
-
-    Runs on the safetensors headers before any weight is read, so a bad checkpoint never half-loads.
-    """
-    headers = _checkpoint_headers(checkpoint_files)
-    if not headers:
-        return  # .bin checkpoints: check_loaded still runs after loading
-    problems = []
-    for name in compressed_modules:
-        for buffer_name, buffer in model.get_submodule(name).state_dict().items():
-            key = f"{name}.{buffer_name}"
-            found = headers.get(key)
-            if found is None:
-                problems.append(f"{key}: missing")
-            elif found[0] != tuple(buffer.shape):
-                problems.append(f"{key}: shape {list(found[0])}, expected {list(buffer.shape)}")
-            elif not buffer.is_floating_point() and _SAFETENSORS_INT.get(found[1]) != buffer.dtype:
-                problems.append(f"{key}: dtype {found[1]}, expected {buffer.dtype}")
-            elif buffer.is_floating_point() and found[1] in _SAFETENSORS_INT:
-                problems.append(f"{key}: dtype {found[1]}, expected a floating-point tensor")
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise CheckpointError(f"This optimum-awp checkpoint does not match its quantization_config "
-                              f"(format_version {FORMAT_VERSION}): {shown}.")
-
-
-def check_loaded(model: nn.Module, compressed_modules: dict[str, str]) -> None:
-    """Raise CheckpointError if any compressed module's buffer was not filled from the checkpoint.
-
-    transformers only warns about missing keys and fills them with uninitialized memory; a compressed model
-    with such a buffer would silently compute garbage.
-    """
-    missing = []
-    for name in compressed_modules:
-        module = model.get_submodule(name)
-        if not isinstance(module, AWPLinear):
-            missing.append(f"{name} (a {type(module).__name__}, not AWPLinear)")
-            continue
-        for buffer_name, buffer in module.named_buffers(recurse=False):
-            if buffer.device.type == "meta" or not getattr(buffer, "_is_hf_initialized", False):
-                missing.append(f"{name}.{buffer_name}")
-    if missing:
-        raise CheckpointError(f"These compressed tensors were not in the checkpoint: {missing[:8]}"
-                              f"{' ...' if len(missing) > 8 else ''}. Refusing a half-loaded model.")
-
-
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ``AWPLinear`` by an ``nn.Linear`` holding its dequantized weight (for ``model.dequantize()``)."""
     for name, module in list(model.named_modules()):
@@ -272,18 +178,23 @@ def mark_compressed(model, config: AWPConfig):
 
 
 def register() -> None:
-    """Register quant_method "awp" (AWPConfig and AWPQuantizer) with transformers; safe to call many times."""
-    registered_config = AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD)
-    registered_quantizer = AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD)
-    if registered_config is None:
-        register_quantization_config(QUANT_METHOD)(AWPConfig)
-    elif registered_config.__qualname__ != AWPConfig.__qualname__:
-        raise ValueError(f"quant_method {QUANT_METHOD!r} is already registered to {registered_config!r}.")
+    """Register quant_method "awp" (AWPConfig and AWPQuantizer) with transformers; safe to call many times.
+
+    Also registers :class:`~optimum_awp.checkpoint.MisspelledQuantMethod` under the spellings that name
+    optimum-awp but that transformers would not match ("AWP", ...), so that such a checkpoint is refused instead
+    of loading with random weights, and replaces the placeholders of the startup hook ``_optimum_awp_autoload``.
+    """
+    _register(AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config, QUANT_METHOD, AWPConfig)
+    _register(AUTO_QUANTIZER_MAPPING, register_quantizer, QUANT_METHOD, AWPQuantizer)
+    for name in MISSPELLINGS:
+        _register(AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config, name, MisspelledQuantMethod)
+
+
+def _register(mapping: dict, register_fn, name: str, cls: type) -> None:
+    registered = mapping.get(name)
+    if registered is None:
+        register_fn(name)(cls)
+    elif getattr(registered, "_optimum_awp_placeholder", False) or registered.__qualname__ == cls.__qualname__:
+        mapping[name] = cls  # the startup hook's placeholder, or the class of a reloaded module
     else:
-        AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD] = AWPConfig  # a reloaded module replaces its old class
-    if registered_quantizer is None:
-        register_quantizer(QUANT_METHOD)(AWPQuantizer)
-    elif registered_quantizer.__qualname__ != AWPQuantizer.__qualname__:
-        raise ValueError(f"quant_method {QUANT_METHOD!r} already has the quantizer {registered_quantizer!r}.")
-    else:
-        AUTO_QUANTIZER_MAPPING[QUANT_METHOD] = AWPQuantizer
+        raise ValueError(f"quant_method {name!r} is already registered to {registered!r}.")
