@@ -1,37 +1,33 @@
-"""compress(): calibrate and compress a causal LM in place, block by block.
+"""compress(): the one path from a dense causal LM to a compressed one, in place, block by block.
 
-Orchestration only: the data comes from ``data``, the architecture knowledge and the block walk from
-``calibration``, the mathematics from ``solvers`` and the packed modules from ``nn``::
+Every entry point calls it: ``from_pretrained(..., quantization_config=AWPConfig(...))`` (the quantizer's
+hook), ``AWPOptimumQuantizer``, the CLI and ``optimum_awp.compress`` itself. Orchestration only: the data
+comes from ``data``, the architecture knowledge and the block walk from ``calibration``, the mathematics from
+``solvers`` and the packed modules from ``nn``::
 
-    spec = spec_from_config(config)                  # validated before any work
+    config = a copy of the user's config, required modules kept dense   # validated before any work
     ids = calibration ids (nsamples, seqlen)
     inputs = capture_block_inputs(model, ids)
-    for each block: stats -> solver(W, stats, spec) -> write Θ -> re-run the block -> pack
+    for each block: stats -> solver(W, stats, spec, options) -> write Θ -> re-run the block -> pack
+    attach the config and an AWPQuantizer to the model (so save_pretrained writes a loadable checkpoint)
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from .calibration import block_linears, capture_block_inputs, decoder_layers, layers_prefix, walk_blocks
-from .config import AWPConfig
+from .config import QUANT_METHOD, AWPConfig
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
 logger = logging.getLogger(__name__)
-
-# AWPConfig fields handed to solvers, each only to the solvers whose signature names it.
-SOLVER_OPTION_FIELDS = (
-    "max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope", "bf16_products",
-)
 
 
 @dataclass
@@ -56,6 +52,8 @@ class CompressionReport:
         layers: one LayerReport per compressed linear, in walk order.
         skipped: linears left dense because of ``modules_to_not_convert``.
         seconds: wall time of the whole call (capture, statistics, solves, re-runs, packing).
+        config: the config attached to the model (a copy of the one given, with ``compressed_modules``,
+            the modules kept dense and the calibration shape actually used).
     """
 
     method: str
@@ -67,6 +65,7 @@ class CompressionReport:
     layers: list[LayerReport] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    config: AWPConfig | None = field(default=None, repr=False)
 
     @property
     def mean_objective(self) -> float:
@@ -75,7 +74,9 @@ class CompressionReport:
         return sum(values) / len(values) if values else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "config")}
+        out["layers"] = [asdict(layer) for layer in self.layers]
+        out["config"] = self.config.to_dict() if self.config is not None else None
         out["mean_objective"] = self.mean_objective
         return out
 
@@ -107,26 +108,6 @@ def is_excluded(name: str, modules_to_not_convert: list[str] | None) -> bool:
     return False
 
 
-def solver_options(solver: Callable, config: AWPConfig) -> dict[str, Any]:
-    """The AWPConfig options (SOLVER_OPTION_FIELDS) that ``solver`` names as parameters."""
-    params = inspect.signature(solver).parameters
-    named = {p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)}
-    return {key: getattr(config, key) for key in SOLVER_OPTION_FIELDS if key in named}
-
-
-def probe_solver(solver: Callable, spec: CompressionSpec, options: dict[str, Any], method: str) -> None:
-    """Call the solver on a tiny random problem so a method/spec mismatch raises before any real work."""
-    width = 256 if spec.pattern is None else math.lcm(256, spec.pattern[1])
-    gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(4, width, generator=gen)
-    x = torch.randn(2 * width, width, generator=gen)
-    stats = LayerStats(covariance=x.T @ x / x.shape[0], mean_abs=x.abs().mean(0), nsamples=x.shape[0])
-    try:
-        solver(weight, stats, spec, **options)
-    except ValueError as err:
-        raise ValueError(f"method={method!r} cannot compress with {spec}: {err}") from err
-
-
 def select_linears(model: nn.Module, spec: CompressionSpec, modules_to_not_convert: list[str] | None) -> tuple[list[str], list[str]]:
     """(names to compress, names skipped) over the nn.Linear modules of the decoder blocks.
 
@@ -151,13 +132,13 @@ def select_linears(model: nn.Module, spec: CompressionSpec, modules_to_not_conve
     return chosen, skipped
 
 
-def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any) -> torch.Tensor:
+def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any = None, model: nn.Module | None = None) -> torch.Tensor:
     """Calibration token ids (nsamples, seqlen) from ``data``, or from ``config.dataset`` when it is None.
 
     Token ids (an integer tensor (nsamples, seqlen) or a list of equal-length lists of ints) are used
-    as given. Text (a source name, a file path or a list of strings) is cut into ``config.nsamples``
-    windows of ``config.seqlen`` tokens by ``data.calibration_samples``, with the tokenizer given
-    here or ``config.tokenizer``.
+    as given, and must lie in the model's vocabulary. Text (a source name, a file path or a list of strings)
+    is cut into ``config.nsamples`` windows of ``config.seqlen`` tokens by ``data.calibration_samples`` with
+    ``tokenizer``: a tokenizer, a name or path to load one from, or None for the model's own.
     """
     source = data if data is not None else config.dataset
     if isinstance(source, (list, tuple)) and source and all(isinstance(row, (list, tuple)) for row in source):
@@ -170,6 +151,7 @@ def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any) -> torch.Tenso
                 f"data as a tensor must be integer token ids of shape (nsamples, seqlen >= 2), got "
                 f"dtype {source.dtype} and shape {tuple(source.shape)}."
             )
+        _check_vocabulary(source, model)
         return source.long()
     is_texts = isinstance(source, (list, tuple)) and source and all(isinstance(t, str) for t in source)
     if not (is_texts or (isinstance(source, str) and source.strip())):
@@ -177,24 +159,46 @@ def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any) -> torch.Tenso
             f"data must be token ids (nsamples, seqlen), a list of strings, or None to use AWPConfig.dataset "
             f"(a source name or path); got {type(source).__name__}."
         )
-    tokenizer = tokenizer if tokenizer is not None else config.tokenizer
-    if tokenizer is None:
-        raise ValueError("Calibration text needs a tokenizer: pass tokenizer= or set AWPConfig.tokenizer.")
     from .data import calibration_samples
 
     source = list(source) if is_texts else source
-    return calibration_samples(tokenizer, source=source, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed)
+    ids = calibration_samples(text_tokenizer(tokenizer, model), source=source, nsamples=config.nsamples,
+                              seqlen=config.seqlen, seed=config.seed)
+    _check_vocabulary(ids, model)
+    return ids
+
+
+def text_tokenizer(tokenizer: Any, model: nn.Module | None) -> Any:
+    """The tokenizer that cuts calibration text: ``tokenizer`` itself, one loaded from the name or path it
+    holds, or (None) the model's own, as transformers' GPTQ integration does."""
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        if not callable(getattr(tokenizer, "encode", None)):
+            raise ValueError(f"tokenizer must be a transformers tokenizer or a name/path to load one, got "
+                             f"{type(tokenizer).__name__}.")
+        return tokenizer
+    name = tokenizer or getattr(model, "name_or_path", None)
+    if not name:
+        raise ValueError("Calibration text needs a tokenizer: pass tokenizer= or set AWPConfig.tokenizer.")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _check_vocabulary(ids: torch.Tensor, model: nn.Module | None) -> None:
+    """Refuse token ids outside [0, vocab_size) before any forward (an embedding lookup would fail mid-way)."""
+    embeddings = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    if vocab is None or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"calibration token ids must lie in [0, {vocab}) (the model's vocabulary), got ids from "
+                         f"{low} to {high}.")
 
 
 # --------------------------------------------------------------------------------------------------
 # Writing results into the model.
 # --------------------------------------------------------------------------------------------------
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def pack_linear(result: SolverResult, spec: CompressionSpec, bias: torch.Tensor | None, dtype: torch.dtype):
@@ -218,6 +222,44 @@ def _packer(spec: CompressionSpec, pack: bool) -> tuple[str | None, Callable | N
     return (fmt, pack_linear) if fmt is not None else (None, None)
 
 
+def modules_left_dense(model: nn.Module, config: AWPConfig) -> list[str]:
+    """``config.modules_to_not_convert`` plus the model's fp32-pinned modules and a tied output embedding."""
+    names = set(config.modules_to_not_convert or ())
+    names.update(getattr(model, "_keep_in_fp32_modules", None) or ())
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config_of = getattr(getattr(model, "config", None), "get_text_config", None)
+    if output is not None and callable(config_of) and getattr(config_of(), "tie_word_embeddings", False):
+        names.update(name for name, module in model.named_modules() if module is output)
+    return sorted(names)
+
+
+def check_uncompressed(model: nn.Module) -> None:
+    """Refuse a model that is already quantized (by optimum-awp or another method)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    compressing_on_load = getattr(quantizer, "pre_quantized", True) is False and isinstance(
+        getattr(quantizer, "quantization_config", None), AWPConfig)
+    if quantizer is not None and not compressing_on_load:
+        method = getattr(quantizer.quantization_config, "quant_method", "?")
+        raise ValueError(f"The model is already quantized with quant_method {str(method)!r}; compress a dense model "
+                         "(load it without quantization_config).")
+
+
+def attach(model: nn.Module, config: AWPConfig, report: "CompressionReport") -> None:
+    """Make the model look like one loaded with quant_method "awp": its config carries ``config`` (so
+    ``save_pretrained`` writes a loadable checkpoint) and ``model.hf_quantizer`` is the registered
+    quantizer for it (so ``is_quantized``, ``dequantize()`` and saving work)."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(config, pre_quantized=True)
+    quantizer.report = report
+    quantizer.base_model = getattr(model, "name_or_path", None) or None
+    if hasattr(model, "config"):
+        model.config.quantization_config = config
+    model.hf_quantizer = quantizer
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+
+
 # --------------------------------------------------------------------------------------------------
 # The entry point.
 # --------------------------------------------------------------------------------------------------
@@ -235,39 +277,48 @@ def compress(
     batch_size: int = 1,
     stats_dtype: torch.dtype = torch.float32,
 ) -> CompressionReport:
-    """Compress the decoder-block linears of ``model`` in place with ``config.method``.
+    """Compress the decoder-block linears of ``model`` in place with ``config.method`` and attach the config.
 
     Blocks are compressed in order; each block's statistics C = X Xᵀ / n come from the outputs of the
-    blocks already compressed. Embeddings, ``lm_head`` and every module named in
-    ``config.modules_to_not_convert`` stay dense.
+    blocks already compressed. Embeddings, ``lm_head``, a tied output embedding, the model's fp32-pinned
+    modules and every module named in ``config.modules_to_not_convert`` stay dense. ``config`` itself is
+    not changed: the model gets a copy (``report.config``) with ``compressed_modules``, the modules kept
+    dense and the calibration shape actually used, and an AWPQuantizer, so ``model.save_pretrained`` writes
+    a checkpoint that reloads with ``from_pretrained``.
 
     Args:
-        model: a transformers causal LM (Llama, Gemma 3, Qwen, Mistral, OPT... with nn.Linear layers).
-        config: AWPConfig; ``config.compressed_modules`` is filled with {name: format} for the modules
-            replaced by packed AWPLinear modules.
+        model: a dense transformers causal LM (Llama, Gemma 3, Qwen, Mistral, OPT... with nn.Linear layers).
+        config: AWPConfig.
         data: None (use ``config.dataset``), a LongTensor (nsamples, seqlen) of token ids, or a list of strings.
-        tokenizer: used to tokenize text data; defaults to ``config.tokenizer``.
+        tokenizer: used to tokenize text data; defaults to ``config.tokenizer``, then to the model's own
+            (``AutoTokenizer.from_pretrained(model.name_or_path)``).
         device: where blocks run and statistics live; default the model's device.
         progress: show a tqdm bar (one step per block).
-        pack: replace compressed linears by AWPLinear when the spec has a packed format; False keeps
-            nn.Linear holding the dense compressed weight Θ.
+        pack: replace compressed linears by AWPLinear when the spec has a packed format and attach the
+            config; False keeps plain nn.Linear modules holding the compressed dense weight Θ and attaches
+            nothing (the model stays an ordinary dense model, e.g. for benchmarks).
         batch_size: calibration samples per block forward.
         stats_dtype: torch.float32 or torch.float64 accumulation of C.
     Returns:
-        CompressionReport with one LayerReport per compressed linear.
+        CompressionReport with one LayerReport per compressed linear and the attached config.
     """
     start = time.perf_counter()
     if not isinstance(config, AWPConfig):
         raise ValueError(f"config must be an AWPConfig, got {type(config).__name__}.")
+    check_uncompressed(model)
     spec = spec_from_config(config)
+    config = config.replace(compressed_modules=None, modules_to_not_convert=modules_left_dense(model, config))
     names, skipped = select_linears(model, spec, config.modules_to_not_convert)
     if not names:
         raise ValueError(f"No linear layer to compress: modules_to_not_convert={config.modules_to_not_convert} skips all.")
     solver = get_solver(config.method)
-    options = solver_options(solver, config)
-    probe_solver(solver, spec, options, config.method)
+    options = solver.make_options(**config.options)
     fmt, build = _packer(spec, pack)
-    ids = calibration_ids(data, config, tokenizer)
+    ids = calibration_ids(data, config, tokenizer if tokenizer is not None else config.tokenizer, model)
+    if tuple(ids.shape) != (config.nsamples, config.seqlen):
+        logger.info("calibration data holds %d x %d tokens (config asked %d x %d); recording what is used",
+                    ids.shape[0], ids.shape[1], config.nsamples, config.seqlen)
+        config = config.replace(nsamples=int(ids.shape[0]), seqlen=int(ids.shape[1]))
 
     report = CompressionReport(
         method=config.method, sparsity=config.sparsity, bits=config.bits, group_size=config.group_size,
@@ -280,7 +331,7 @@ def compress(
         for name, layer_stats in stats.items():
             linear = model.get_submodule(name)
             tic = time.perf_counter()
-            result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, **options)
+            result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, options)
             linear.weight.data.copy_(result.weight.to(linear.weight.dtype))
             seconds = time.perf_counter() - tic
             report.layers.append(LayerReport(name, tuple(linear.weight.shape), result.objective,
@@ -295,7 +346,7 @@ def compress(
         for name, result in pending.items():
             linear = model.get_submodule(name)
             bias = linear.bias.detach() if linear.bias is not None else None
-            _set_submodule(model, name, build(result, spec, bias, linear.weight.dtype))
+            model.set_submodule(name, build(result, spec, bias, linear.weight.dtype))
         pending.clear()
 
     was_training = model.training
@@ -308,6 +359,9 @@ def compress(
         model.train(was_training)
     # Only modules now held packed are listed: dense nn.Linear modules need no rebuilding on load.
     config.compressed_modules = {layer.name: fmt for layer in report.layers} if fmt is not None else {}
+    report.config = config
+    if pack:
+        attach(model, config, report)
     report.seconds = time.perf_counter() - start
     logger.info("%s: %d linears compressed in %.1fs, mean objective %.5f", config.method, len(report.layers),
                 report.seconds, report.mean_objective)

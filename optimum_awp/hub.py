@@ -74,8 +74,12 @@ def _human(nbytes: float) -> str:
 
 # --- model card -----------------------------------------------------------------------------------------------
 
-SETTINGS = ("method", "sparsity", "bits", "group_size", "symmetric", "nsamples", "seqlen", "seed",
-            "max_iterations", "tolerance", "damping", "init", "modules_to_not_convert", "format_version")
+
+def card_settings(config: AWPConfig) -> dict[str, object]:
+    """The settings table of the card: what was done (``AWPConfig.settings()``: the compression fields and
+    every option of the method, given or default), the modules kept dense and the format version."""
+    return {**config.settings(), "modules_to_not_convert": config.modules_to_not_convert,
+            "format_version": config.format_version}
 
 
 def _base_model(model: nn.Module, base_model: str | None) -> str | None:
@@ -132,7 +136,7 @@ def model_card(
         "",
         "| setting | value |",
         "|---|---|",
-        *[f"| {name} | `{getattr(config, name)}` |" for name in SETTINGS],
+        *[f"| {name} | `{value}` |" for name, value in card_settings(config).items()],
         f"| compressed modules | {len(config.compressed_modules or {})} "
         f"({', '.join(sorted(set((config.compressed_modules or {}).values()))) or 'dense'}) |",
     ]

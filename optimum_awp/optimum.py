@@ -17,10 +17,9 @@ from typing import Any
 
 from optimum.quantization_base import OptimumQuantizer
 
-from .compress import CompressionReport, compress
+from .compress import CompressionReport, check_uncompressed, compress
 from .config import AWPConfig
 from .hub import save_pretrained
-from .quantizer import mark_compressed, modules_left_dense, register
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +35,7 @@ class AWPOptimumQuantizer(OptimumQuantizer):
     """
 
     def __init__(self, model, tokenizer: Any = None):
-        if getattr(model, "hf_quantizer", None) is not None:
-            raise ValueError(f"model is already quantized with "
-                             f"{model.hf_quantizer.quantization_config.quant_method!r}; pass a dense model.")
+        check_uncompressed(model)
         self.model = model
         self.tokenizer = tokenizer
         self.report: CompressionReport | None = None
@@ -93,13 +90,9 @@ class AWPOptimumQuantizer(OptimumQuantizer):
             raise ValueError(f"quantization_config must be an AWPConfig, got {type(quantization_config).__name__}.")
         if self.report is not None:
             raise ValueError("This quantizer's model is already compressed; build a new AWPOptimumQuantizer.")
-        register()
-        base_model = self.model.name_or_path or None
         tokenizer = self.tokenizer if self.tokenizer is not None else quantization_config.tokenizer
-        quantization_config.modules_to_not_convert = modules_left_dense(self.model, quantization_config)
         self.report = compress(self.model, quantization_config, data, tokenizer=tokenizer, device=device,
                                progress=progress)
-        mark_compressed(self.model, quantization_config).hf_quantizer.base_model = base_model
         return self.report
 
     def save(self, save_dir: str | os.PathLike, **save_kwargs) -> Path:

@@ -17,7 +17,6 @@ a checkpoint which would load wrong live in :mod:`optimum_awp.checkpoint`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -40,12 +39,12 @@ from .checkpoint import (
     swap_empty_modules,
 )
 from .compress import compress
-from .config import AWPConfig
+from .config import QUANT_METHOD, AWPConfig
 from .nn.linear import AWPLinear
 
 logger = logging.getLogger(__name__)
 
-QUANT_METHOD = "awp"
+
 
 
 class AWPQuantizer(HfQuantizer):
@@ -64,7 +63,7 @@ class AWPQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         if not self.pre_quantized:
             # Never write into the caller's config: it may be reused for another model.
-            self.quantization_config = dataclasses.replace(quantization_config, compressed_modules=None)
+            self.quantization_config = quantization_config.replace(compressed_modules=None)
         self.report = None
         self.base_model: str | None = None
 
@@ -89,12 +88,10 @@ class AWPQuantizer(HfQuantizer):
         if self.pre_quantized:
             check_loaded(model, self.quantization_config.compressed_modules)
             return model
-        config = self.quantization_config
+        # compress() copies the config, attaches it and a pre-quantized AWPQuantizer to the model
+        self.report = compress(model, self.quantization_config)
         self.base_model = model.name_or_path
-        config.modules_to_not_convert = modules_left_dense(model, config)
-        tokenizer = calibration_tokenizer(config, model.name_or_path)
-        self.report = compress(model, config, config.dataset, tokenizer=tokenizer)
-        model.config.quantization_config = config
+        self.quantization_config = self.report.config
         return model
 
     def _dequantize(self, model, dtype=None):
@@ -123,32 +120,6 @@ def check_loadable(config: AWPConfig, *, pre_quantized: bool, device_map=None) -
                          "Use a device_map without 'disk'.")
 
 
-def modules_left_dense(model: nn.Module, config: AWPConfig) -> list[str]:
-    """``config.modules_to_not_convert`` plus the model's fp32-pinned modules and a tied output embedding."""
-    names = set(config.modules_to_not_convert or ())
-    names.update(getattr(model, "_keep_in_fp32_modules", None) or ())
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is not None and getattr(model.config.get_text_config(), "tie_word_embeddings", False):
-        names.update(name for name, module in model.named_modules() if module is output)
-    return sorted(names)
-
-
-def calibration_tokenizer(config: AWPConfig, name_or_path: str):
-    """The tokenizer that cuts ``config.dataset`` into samples; None when the dataset is token ids.
-
-    ``config.tokenizer`` when it is a tokenizer; otherwise loaded with AutoTokenizer from the name it holds,
-    or from the model being compressed (GPTQ's default).
-    """
-    tokenizer = config.tokenizer
-    is_text = isinstance(config.dataset, str) or (
-        isinstance(config.dataset, (list, tuple)) and all(isinstance(t, str) for t in config.dataset))
-    if not is_text or (tokenizer is not None and not isinstance(tokenizer, str)):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer or name_or_path)
-
-
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ``AWPLinear`` by an ``nn.Linear`` holding its dequantized weight (for ``model.dequantize()``)."""
     for name, module in list(model.named_modules()):
@@ -161,19 +132,6 @@ def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn
                 if module.bias is not None:
                     linear.bias.copy_(module.bias)
             model.set_submodule(name, linear)
-    return model
-
-
-def mark_compressed(model, config: AWPConfig):
-    """Make a model compressed in memory by :func:`~optimum_awp.compress.compress` look like one loaded with
-    quant_method "awp": its config carries ``config`` (so ``save_pretrained`` writes a loadable checkpoint)
-    and ``model.hf_quantizer`` is an AWPQuantizer (so ``is_quantized``, ``dequantize()`` and saving work)."""
-    if config.compressed_modules is None:
-        raise ValueError("AWPConfig.compressed_modules is None: compress the model before marking it compressed.")
-    model.config.quantization_config = config
-    model.hf_quantizer = AWPQuantizer(config, pre_quantized=True)
-    model.is_quantized = True
-    model.quantization_method = QUANT_METHOD
     return model
 
 

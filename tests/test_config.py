@@ -32,6 +32,11 @@ BAD_FIELDS = [
     ("max_iterations", -1),
     ("tolerance", -1e-3),
     ("damping", -0.5),
+    ("damping", float("inf")),
+    ("tolerance", float("nan")),
+    ("group_size", 32.0),
+    ("max_iterations", 2.0),
+    ("momentum", 1),
     ("init", "random"),
     ("step", "newton"),
     ("momentum", 1),
@@ -53,10 +58,44 @@ def test_bad_field_is_refused_with_its_name(name, value):
         AWPConfig(**kwargs)
 
 
-def test_layer_scope_is_for_awp_only():
+def test_an_option_the_method_does_not_take_is_refused_with_the_methods_options():
     assert AWPConfig(method="awp", sparsity=0.5, scope="layer").scope == "layer"
-    with pytest.raises(ValueError, match=r"AWPConfig\.scope must be 'row' for method 'wanda'"):
+    with pytest.raises(ValueError, match=r"\['scope'\] is not an option of method 'wanda'; the options of 'wanda' "
+                                         r"are none"):
         AWPConfig(method="wanda", sparsity=0.5, scope="layer")
+    with pytest.raises(ValueError, match=r"\['step'\] is not an option of method 'sparsegpt'.*\['blocksize', 'damping'\]"):
+        AWPConfig(method="sparsegpt", sparsity=0.5, step="diagonal")
+    with pytest.raises(ValueError, match=r"\['stepp'\] is not an AWPConfig field nor an option of any method"):
+        AWPConfig(sparsity=0.5, stepp="diagonal")
+
+
+def test_options_come_from_the_solver_declaration():
+    from optimum_awp.solvers import get_solver
+
+    for method in ("awp", "sparsegpt", "awq", "wanda"):
+        declared = {spec.name: spec.default for spec in get_solver(method).option_specs()}
+        bits, sparsity = (4, None) if method == "awq" else (None, 0.5)
+        assert AWPConfig(method=method, sparsity=sparsity, bits=bits).options == declared
+
+
+def test_method_kinds_are_checked():
+    for method, kwargs in [("wanda", {"bits": 4}), ("rtn", {"sparsity": 0.5}), ("rtn", {"sparsity": "2:4", "bits": 4}),
+                           ("gptq", {"sparsity": 0.5, "bits": 4}), ("awq", {"sparsity": 0.5})]:
+        with pytest.raises(ValueError, match=f"method '{method}' does not do"):
+            AWPConfig(method=method, **kwargs)
+
+
+def test_assignment_is_validated_and_refusal_leaves_the_config_unchanged():
+    config = AWPConfig(sparsity=0.5)
+    config.step = "lambda_max"
+    assert config.options["step"] == "lambda_max" and config.to_dict()["step"] == "lambda_max"
+    for name, value in [("damping", float("inf")), ("group_size", 32.0), ("step", "newton"), ("method", "nope"),
+                        ("bits", 3), ("nsamples", 0)]:
+        with pytest.raises(ValueError, match=f"AWPConfig.{name} must be"):
+            setattr(config, name, value)
+    assert config.to_dict() == AWPConfig(sparsity=0.5, step="lambda_max").to_dict()
+    with pytest.raises(ValueError, match="not an option of method 'wanda'"):
+        AWPConfig(method="wanda", sparsity=0.5).max_iterations = 3
 
 
 def test_nothing_to_compress_is_refused():
@@ -84,7 +123,7 @@ def test_to_dict_is_an_allowlist_without_dataset_or_tokenizer():
     config = AWPConfig(sparsity="2:4", bits=4, dataset=["text"], tokenizer=object(),
                        compressed_modules={"model.layers.0.mlp.up_proj": "2:4+int4"})
     saved = config.to_dict()
-    assert list(saved) == list(SAVED_FIELDS)
+    assert list(saved) == list(SAVED_FIELDS) + list(config.options)
     assert "dataset" not in saved and "tokenizer" not in saved
     json.dumps(saved)  # JSON-safe
     assert config.to_json_string() == json.dumps(saved, indent=2, sort_keys=True) + "\n"

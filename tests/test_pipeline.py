@@ -52,7 +52,8 @@ def test_optimum_quantizer_is_the_same_compression(dense_dir, tmp_path):
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     a, b = on_load.state_dict(), saved.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert saved.config.quantization_config.compressed_modules == config.compressed_modules
+    assert config.compressed_modules is None  # the caller's config is not written into
+    assert saved.config.quantization_config.compressed_modules == report.config.compressed_modules
     assert quantizer.model.is_quantized and quantizer.model.hf_quantizer.is_serializable()
     readme = (tmp_path / "out" / "README.md").read_text()
     assert str(dense_dir) in readme and (tmp_path / "out" / "tokenizer.json").exists()

@@ -76,11 +76,11 @@ def test_quantize_on_load_equals_compress(dense_dir):
     loaded = AutoModelForCausalLM.from_pretrained(dense_dir, quantization_config=config)
     direct = AutoModelForCausalLM.from_pretrained(dense_dir)
     direct_config = AWPConfig(method="awp", sparsity="2:4", bits=4, max_iterations=3, nsamples=4, seqlen=16)
-    compress(direct, direct_config, calibration_ids(), progress=False)
+    report = compress(direct, direct_config, calibration_ids(), progress=False)
 
     assert config.compressed_modules is None, "the caller's config must not be written into"
     recorded = loaded.config.quantization_config
-    assert recorded.compressed_modules == direct_config.compressed_modules
+    assert recorded.compressed_modules == report.config.compressed_modules
     assert len(recorded.compressed_modules) == 14 and set(recorded.compressed_modules.values()) == {"2:4+int4"}
     assert isinstance(loaded.get_submodule(UP), AWPLinear) and isinstance(loaded.lm_head, torch.nn.Linear)
     a, b = loaded.state_dict(), direct.state_dict()

@@ -12,25 +12,22 @@ What the solver does, by spec:
 
 1. **sparsity** (unstructured per-row top-k, or N:M): IHT from a feasible start (``init``: Wanda's
    mask by default), until the relative change of L falls below ``tolerance`` or after
-   ``max_iterations``. The projection is exact, so L is non-increasing (``momentum=False``).
+   ``max_iterations``. The projection is exact, so L is non-increasing with ``momentum=False``.
 2. **INT4 grid** (alone or after 1, with the mask then fixed): the grid set is not convex and the
    round-to-nearest "projection" is not exact. Measured on correlated C, plain PGD on the grid
    is stuck at once: η |(W - Θ) C| is far below half a grid step, so every rounded point is a
    fixed point and the result is whatever the start was. So the grid phase is:
-   a. a feasible start with the mask fixed: ``quant_init="obs"`` (default) rounds the phase-1
-      iterate Θ_S column by column with OBS error feedback (SparseGPT's joint loop / GPTQ, with
-      AWP's mask; targeting Θ_S rather than W measured about 10 % lower L), or
-      ``quant_init="project"`` rounds the phase-1 iterate (the joint projection);
-   b. ``quant_iterations`` PGD steps with the joint projection on the fixed mask, best kept
-      (default 0, for the reason above);
-   c. ``refit_scales=True``: with the codes fixed, every row's group scales are set to their exact
-      least-squares optimum for L (a small (groups, groups) system per row). This step can only
-      lower L, and it stays on the grid.
+   a. with the mask fixed, the phase-1 iterate Θ_S is rounded column by column with OBS error
+      feedback (SparseGPT's joint loop / GPTQ, with AWP's mask; targeting Θ_S rather than W
+      measured about 10 % lower L);
+   b. with the codes fixed, every row's group scales are set to their exact least-squares optimum
+      for L (a small (groups, groups) system per row), kept when L goes down. It stays on the grid.
 
-Options beyond the paper, off by default: ``step="diagonal"`` (Jacobi preconditioning: step
+Beyond the paper (``AWPOptions``; the defaults): ``step="diagonal"`` (Jacobi preconditioning: step
 η_j = 1 / (λ_max(D^-1/2 C D^-1/2) C_jj) per input and the matching weighted projection, keep the
 largest |z_ij| sqrt(C_jj); still monotone) and ``momentum=True`` (Nesterov momentum with adaptive
-restart; not monotone, the best iterate is kept). On an ill-conditioned C the paper's step is
+restart; not monotone, the best iterate is kept); ``step="lambda_max", momentum=False`` is the
+paper's plain projected gradient. On an ill-conditioned C the paper's step is
 slow: on a synthetic 2048x640 layer with cond(C) = 1.4e6 (power-law spectrum, log-normal channel
 scales, 4 outlier channels; cond(D^-1/2 C D^-1/2) = 458), starting from Wanda, it needs ~530
 iterations to reach SparseGPT's objective at 50 % unstructured and does not reach it in 600 at
@@ -49,11 +46,13 @@ pruned.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
-from .projections import Projected, apply_mask, check_problem, keep_count, nm_mask, sparsity_mask, topk_mask
+from .options import SolverOptions, option
+from .projections import Projected, check_problem, keep_count, nm_mask, sparsity_mask, topk_mask
 from .sparsegpt import obs_compress
 from .wanda import wanda_mask
 
@@ -62,7 +61,6 @@ logger = logging.getLogger(__name__)
 INITS = ("wanda", "magnitude", "sparsegpt")
 STEPS = ("lambda_max", "diagonal")
 SCOPES = ("row", "layer")
-QUANT_INITS = ("obs", "project")
 
 
 def prepare_covariance(
@@ -295,150 +293,82 @@ def _start(
     return w * mask, mask
 
 
-@register_solver("awp")
-def solve(
-    weight: torch.Tensor,
-    stats: LayerStats,
-    spec: CompressionSpec,
-    *,
-    init: str = "wanda",
-    max_iterations: int = 100,
-    tolerance: float = 1e-4,
-    damping: float = 0.0,
-    dtype: torch.dtype = torch.float32,
-    step: str = "lambda_max",
-    momentum: bool = False,
-    power_iterations: int = 50,
-    quant_init: str = "obs",
-    quant_iterations: int = 0,
-    refit_scales: bool = True,
-    scope: str = "row",
-    bf16_products: bool = False,
-) -> SolverResult:
-    """AWP on ``weight`` (out, in) with ``stats.covariance`` (in, in); see the module docstring.
+@dataclass(frozen=True)
+class AWPOptions(SolverOptions):
+    """AWP's options; the defaults are the product's (Jacobi step with momentum, docs/results/awp_convergence.md)."""
 
-    Options:
-        init: feasible start of the sparsity phase, one of ``INITS`` ("wanda").
-        max_iterations: IHT iterations at most (100); tolerance: stop when the relative change of
-            L is below it (1e-4).
-        damping: ``damping * mean(diag C)`` added to the diagonal of C (0.0: PGD never inverts C;
-            with damping the history is that of the damped objective).
-        dtype: torch.float32 or torch.float64 for the iterations.
-        step: "lambda_max" (the paper's η = 1/λ_max(C)) or "diagonal" (Jacobi-preconditioned).
-        momentum: Nesterov momentum with adaptive restart (False).
-        power_iterations: power-iteration steps for λ_max (50).
-        quant_init: start of the grid phase, "obs" (OBS rounding on the fixed mask) or "project".
-        quant_iterations: PGD iterations on the grid with the fixed mask, best kept (0).
-        refit_scales: least-squares group scales for the final codes (True).
-        scope: unstructured sparsity per "row" (every row keeps the same count, the paper's and Wanda's
-            set) or per "layer" (the layer keeps the same total; rows differ, as in SparseGPT's
-            per-block selection). Ignored for N:M.
-        bf16_products: compute the sparsity phase's products (W - Θ) C in bfloat16 (False). 2.1-3x
-            faster products on CPUs with AVX512-BF16 (measured on Gemma-3-270M's shapes) and on GPUs;
-            the iterates, the objective and the grid phase stay in ``dtype``; the reported objective
-            is exact.
+    init: str = option("wanda", "feasible start of the sparsity phase", choices=INITS)
+    max_iterations: int = option(100, "iteration cap of the sparsity phase", minimum=0)
+    tolerance: float = option(1e-4, "stop when the relative change of the layer objective falls below this",
+                              minimum=0.0)
+    damping: float = option(0.01, "fraction of mean(diag C) added to the diagonal of C", minimum=0.0)
+    step: str = option("diagonal", "gradient step: lambda_max (the paper's 1/λ_max(C)) or diagonal "
+                       "(Jacobi-preconditioned)", choices=STEPS)
+    momentum: bool = option(True, "Nesterov momentum with adaptive restart (the best iterate is kept)")
+    scope: str = option("row", "unstructured sparsity per row (each row keeps the same count) or per layer "
+                        "(N:M ignores it)", choices=SCOPES)
+    bf16_products: bool = option(False, "iteration products (W - Θ) C in bfloat16 (faster on AVX512-BF16 CPUs "
+                                 "and GPUs; objective and grid phase stay float32)")
+
+
+@register_solver("awp", options=AWPOptions, summary="projected gradient descent on the layer objective (this package)")
+def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: AWPOptions) -> SolverResult:
+    """AWP on ``weight`` (out, in) with ``stats.covariance`` (in, in); see the module docstring and ``AWPOptions``.
+
+    With damping the history is that of the damped objective; the reported objective is exact (undamped).
     """
     check_problem(weight, stats, spec)
-    _check_options(
-        init, max_iterations, tolerance, damping, dtype, step, power_iterations, quant_init, quant_iterations
-    )
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
-    if not isinstance(bf16_products, bool):
-        raise ValueError(f"bf16_products must be a bool, got {bf16_products!r}.")
     out_features, in_features = weight.shape
-    c, dead = prepare_covariance(stats.covariance, damping, dtype)
-    target = weight.to(dtype).clone()
+    c, dead = prepare_covariance(stats.covariance, options.damping)
+    target = weight.to(torch.float32).clone()
     target[:, dead] = 0
     norm = float(((target @ c) * target).sum())
     norm = norm if norm > 0 else 1.0
     history: list[float] = []
     iterations = 0
 
-    if spec.prunes or quant_iterations:
-        eta, scale = _step(c, dead, step, power_iterations)
-
     theta = target.clone()
     mask = None
     if spec.prunes:
-        projector = SparseProjector(spec, in_features, scope)
-        theta0, mask0 = _start(weight, stats.covariance, spec, init, per_row=scope == "row")
+        eta, scale = _step(c, dead, options.step)
+        projector = SparseProjector(spec, in_features, options.scope)
+        theta0, mask0 = _start(weight, stats.covariance, spec, options.init, per_row=options.scope == "row")
         if projector.layer and int(mask0.sum()) > projector.k * out_features:
             # SparseGPT's block-wise rounding may keep a few more than the layer's count: trim them
             mask0 = projector(theta0, None) & mask0
             theta0 = theta0 * mask0
         theta, mask, iterations = iht(
-            target, c, theta0.to(dtype), mask0, projector, eta, scale=scale,
-            max_iterations=max_iterations, tolerance=tolerance, momentum=momentum, norm=norm, history=history,
-            bf16_products=bf16_products,
+            target, c, theta0, mask0, projector, eta, scale=scale, max_iterations=options.max_iterations,
+            tolerance=options.tolerance, momentum=options.momentum, norm=norm, history=history,
+            bf16_products=options.bf16_products,
         )
         last = history[-1] if history else float("nan")
         logger.debug("awp sparse phase: %d iterations, objective %.4g", iterations, last)
 
     if not spec.quantizes:
-        point = Projected(theta.to(torch.float32), mask)
+        point = Projected(theta, mask)
         return point.to_result(weight, stats.covariance, iterations=iterations, history=history)
 
-    if quant_init == "obs":
-        # OBS rounding of the sparse optimum Θ_S: when Θ_S is stationary on its support,
-        # L(Q) = L(Θ_S) + ||(Θ_S - Q) C^1/2||², so Θ_S (not W) is the right target
-        point = obs_compress(theta.to(torch.float32), stats.covariance, spec, mask=mask)
-    else:
-        point = apply_mask(theta.to(torch.float32), mask, spec)
-    best_loss = _objective(target, c, point.weight.to(dtype))[1]
-    for _ in range(quant_iterations):
-        grad, _ = _objective(target, c, point.weight.to(dtype))
-        z = point.weight.to(dtype) + grad * eta
-        candidate = apply_mask(z.to(torch.float32), mask, spec)
-        loss = _objective(target, c, candidate.weight.to(dtype))[1]
-        history.append(loss / norm)
-        iterations += 1
-        if loss < best_loss:
-            best_loss, point = loss, candidate
-    if refit_scales:
-        dequant, scales = least_squares_scales(target, c, point.codes, point.scales, point.zeros, spec.bits)
-        loss = _objective(target, c, dequant.to(dtype))[1]
-        if loss < best_loss:
-            point = Projected(dequant, point.mask, point.codes, scales, point.zeros)
-            best_loss = loss
+    # OBS rounding of the sparse optimum Θ_S: when Θ_S is stationary on its support,
+    # L(Q) = L(Θ_S) + ||(Θ_S - Q) C^1/2||², so Θ_S (not W) is the right target
+    point = obs_compress(theta, stats.covariance, spec, mask=mask)
+    best_loss = _objective(target, c, point.weight)[1]
+    dequant, scales = least_squares_scales(target, c, point.codes, point.scales, point.zeros, spec.bits)
+    loss = _objective(target, c, dequant)[1]
+    if loss < best_loss:
+        point = Projected(dequant, point.mask, point.codes, scales, point.zeros)
+        best_loss = loss
     history.append(best_loss / norm)
     return point.to_result(weight, stats.covariance, iterations=iterations, history=history)
 
 
-def _step(
-    c: torch.Tensor, dead: torch.Tensor, step: str, power_iterations: int
-) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+def _step(c: torch.Tensor, dead: torch.Tensor, step: str) -> tuple[torch.Tensor | float, torch.Tensor | None]:
     """η (a float, or per input (in,) for "diagonal") and the projection's score scale (in,) or None."""
     if step == "lambda_max":
-        lam = lambda_max(c, power_iterations)
+        lam = lambda_max(c)
         return (1.0 / lam if lam > 0 else 0.0), None
     diag = torch.diagonal(c).clone()
     diag[dead | (diag <= 0)] = 1.0
     root = diag.sqrt()
-    lam = lambda_max(c / root.unsqueeze(0) / root.unsqueeze(1), power_iterations)
+    lam = lambda_max(c / root.unsqueeze(0) / root.unsqueeze(1))
     return (1.0 / (lam * diag) if lam > 0 else torch.zeros_like(diag)), root
-
-
-def _check_options(
-    init: str, max_iterations: int, tolerance: float, damping: float, dtype: torch.dtype, step: str,
-    power_iterations: int, quant_init: str, quant_iterations: int,
-) -> None:
-    """Raise ValueError naming the first option out of range."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
-    if not isinstance(max_iterations, int) or max_iterations < 0:
-        raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}.")
-    if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}.")
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping!r}.")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}.")
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {STEPS}, got {step!r}.")
-    if not isinstance(power_iterations, int) or power_iterations < 1:
-        raise ValueError(f"power_iterations must be an int >= 1, got {power_iterations!r}.")
-    if quant_init not in QUANT_INITS:
-        raise ValueError(f"quant_init must be one of {QUANT_INITS}, got {quant_init!r}.")
-    if not isinstance(quant_iterations, int) or quant_iterations < 0:
-        raise ValueError(f"quant_iterations must be an int >= 0, got {quant_iterations!r}.")

@@ -10,9 +10,9 @@ AWQ has two searches, both on activation statistics:
    ``1, 0.95, ..., 0.55`` chosen to minimise the group's output error ``e C_gg e^T``. The result
    is on the grid, so it is storable as codes and scales.
 
-Choice made here: by default (``scaling=False``) the solver runs the clipping search only and
+Choice made here: the registered solver (``scaling=False``) runs the clipping search only and
 returns a result that obeys the SolverResult contract (``Theta`` equals the dequantized codes).
-With ``scaling=True`` it runs both searches, as AWQ does, and returns an ``AWQResult`` whose
+``awq_compress(..., scaling=True)`` runs both searches, as AWQ does, and returns an ``AWQResult`` whose
 ``codes``/``scales``/``zeros`` encode ``Q(W diag(s))`` and whose ``input_scale`` is ``s``:
 ``Theta = dequant(codes) / s`` column-wise, so storing it needs a format that divides the input
 by ``s`` (or a caller that folds ``1/s`` into the previous layer). ``search_scale`` is exported
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
+from .options import SolverOptions, option
 from .projections import Projected, check_problem, grid_params, quantize_grid, quantize_with
 from .wanda import wanda_mask
 
@@ -142,8 +143,25 @@ def search_clip(
     )
 
 
-@register_solver("awq")
-def solve(
+@dataclass(frozen=True)
+class AWQOptions(SolverOptions):
+    """Options of the storable AWQ solver (the clipping search; see the module docstring)."""
+
+    clip: bool = option(True, "search each group's clipping ratio (False: plain rounding)")
+    n_grid: int = option(20, "points of AWQ's clipping grid", minimum=1)
+    max_shrink: float = option(0.5, "largest fraction of a group's range the clipping may cut", minimum=0.0,
+                               maximum=0.99)
+
+
+@register_solver("awq", options=AWQOptions, kinds=("quantize", "joint"),
+                 summary="AWQ's activation-aware clipping search on the INT4 grid (Wanda's mask first with sparsity)")
+def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: AWQOptions) -> SolverResult:
+    """AWQ's clipping search on ``weight`` (out, in): a storable result (codes on the grid)."""
+    return awq_compress(weight, stats, spec, scaling=False, clip=options.clip, n_grid=options.n_grid,
+                        max_shrink=options.max_shrink)
+
+
+def awq_compress(
     weight: torch.Tensor,
     stats: LayerStats,
     spec: CompressionSpec,
@@ -152,12 +170,12 @@ def solve(
     clip: bool = True,
     n_grid: int = 20,
     max_shrink: float = 0.5,
-) -> SolverResult:
+) -> AWQResult:
     """AWQ on ``weight`` (out, in) with ``stats`` (covariance (in, in), optional mean_abs (in,)).
 
-    Options: ``scaling`` (False: storable clipping-only result; True: AWQ's scale search too,
-    returned with ``input_scale``, see the module docstring), ``clip`` (True: the clipping search;
-    False: plain rounding), ``n_grid`` (20), ``max_shrink`` (0.5). ``spec.bits`` is required.
+    ``scaling`` (False: storable clipping-only result; True: AWQ's scale search too, returned with
+    ``input_scale``, see the module docstring), ``clip`` (True: the clipping search; False: plain
+    rounding), ``n_grid`` (20), ``max_shrink`` (0.5). ``spec.bits`` is required.
     """
     check_problem(weight, stats, spec)
     if not spec.quantizes:

@@ -3,7 +3,10 @@
 Solvers are pure functions on tensors. They import torch only: no ``nn.Module``, no transformers.
 Every solver has the signature::
 
-    solve(weight, stats, spec, **options) -> SolverResult
+    solve(weight, stats, spec, options) -> SolverResult
+
+with ``options`` the solver's frozen options dataclass (``options.py``); ``get_solver(name)(weight, stats,
+spec, **keywords)`` builds it from keywords.
 
 with ``weight`` of shape (out, in) and ``stats.covariance`` C = X Xᵀ / n of shape (in, in).
 """
@@ -12,8 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from .options import NoOptions, OptionSpec, SolverOptions, declared
 
 SUPPORTED_BITS = (4,)
 SUPPORTED_GROUP_SIZES = (-1, 32, 64, 128, 256)
@@ -127,23 +133,96 @@ class SolverResult:
     history: list[float] = field(default_factory=list)
 
 
-Solver = Callable[..., SolverResult]
-SOLVERS: dict[str, Solver] = {}
+KINDS = ("prune", "quantize", "joint")
 
 
-def register_solver(name: str) -> Callable[[Solver], Solver]:
-    """Register ``fn`` as the solver called ``name``; a name can be registered once."""
+def spec_kind(prunes: bool, quantizes: bool) -> str | None:
+    """"prune", "quantize" or "joint" for a spec that prunes and/or quantizes; None when it does neither."""
+    if prunes and quantizes:
+        return "joint"
+    return "prune" if prunes else "quantize" if quantizes else None
 
-    def decorator(fn: Solver) -> Solver:
+
+KIND_WORDS = {"prune": "pruning alone", "quantize": "INT4 alone", "joint": "pruning + INT4"}
+
+
+@dataclass(frozen=True)
+class RegisteredSolver:
+    """A solver in the registry: its function, its declared options and the specs it compresses.
+
+    Attributes:
+        name: the method name ("awp", "wanda", ...).
+        solve: ``solve(weight (out, in), stats, spec, options) -> SolverResult``.
+        options: the frozen dataclass declaring its options (``options.SolverOptions``).
+        kinds: which specs it takes: "prune" (sparsity alone), "quantize" (bits alone), "joint" (both).
+        summary: one line for ``--help`` and the docs.
+    """
+
+    name: str
+    solve: Callable[..., SolverResult]
+    options: type = NoOptions
+    kinds: tuple[str, ...] = KINDS
+    summary: str = ""
+
+    def option_specs(self) -> tuple[OptionSpec, ...]:
+        return declared(self.options)
+
+    def make_options(self, **values: Any) -> SolverOptions:
+        """The options dataclass with ``values`` (declaration defaults for the rest); ValueError names any
+        option this solver does not take and lists those it does."""
+        known = [spec.name for spec in self.option_specs()]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"method {self.name!r} takes no option {unknown}; its options: {known or 'none'}.")
+        return self.options(**values)
+
+    def check_kind(self, prunes: bool, quantizes: bool) -> None:
+        """Raise ValueError when this solver does not compress a spec that prunes / quantizes so."""
+        kind = spec_kind(prunes, quantizes)
+        if kind is not None and kind not in self.kinds:
+            takes = ", ".join(KIND_WORDS[k] for k in self.kinds)
+            others = sorted(name for name, solver in SOLVERS.items() if kind in solver.kinds)
+            raise ValueError(f"method {self.name!r} does not do {KIND_WORDS[kind]} (it does {takes}); "
+                             f"methods that do: {others}.")
+
+    def __call__(self, weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec,
+                 options: SolverOptions | None = None, **values: Any) -> SolverResult:
+        """Compress ``weight`` (out, in) with ``stats`` under ``spec``; options as a dataclass or keywords."""
+        if options is None:
+            options = self.make_options(**values)
+        elif values or not isinstance(options, self.options):
+            raise ValueError(f"method {self.name!r} takes a {self.options.__name__} or keywords, not both.")
+        self.check_kind(spec.prunes, spec.quantizes)
+        return self.solve(weight, stats, spec, options)
+
+
+SOLVERS: dict[str, RegisteredSolver] = {}
+
+
+def register_solver(
+    name: str, *, options: type = NoOptions, kinds: tuple[str, ...] = KINDS, summary: str = ""
+) -> Callable[[Callable[..., SolverResult]], Callable[..., SolverResult]]:
+    """Register ``solve(weight, stats, spec, options)`` as the method ``name``; a name can be registered once.
+
+    Args:
+        options: the frozen dataclass (a ``SolverOptions``) declaring the solver's options.
+        kinds: the specs it compresses, a subset of ("prune", "quantize", "joint").
+        summary: one line describing the method.
+    """
+    bad = sorted(set(kinds) - set(KINDS))
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
+
+    def decorator(fn: Callable[..., SolverResult]) -> Callable[..., SolverResult]:
         if name in SOLVERS:
             raise ValueError(f"A solver named {name!r} is already registered.")
-        SOLVERS[name] = fn
+        SOLVERS[name] = RegisteredSolver(name, fn, options, tuple(kinds), summary)
         return fn
 
     return decorator
 
 
-def get_solver(name: str) -> Solver:
+def get_solver(name: str) -> RegisteredSolver:
     """The solver registered as ``name``; a ValueError lists the known names otherwise."""
     try:
         return SOLVERS[name]

@@ -23,10 +23,12 @@ module writes. With no pruning and ``spec.bits`` the loop is GPTQ (see ``gptq``)
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
+from .options import SolverOptions, option
 from .projections import Projected, check_problem, grid_params, quantize_with
 
 logger = logging.getLogger(__name__)
@@ -194,30 +196,21 @@ def _current_columns(
     return torch.cat([inside, beyond], dim=1)
 
 
-@register_solver("sparsegpt")
-def solve(
-    weight: torch.Tensor,
-    stats: LayerStats,
-    spec: CompressionSpec,
-    *,
-    blocksize: int = 128,
-    damping: float = 0.01,
-    dtype: torch.dtype = torch.float32,
-    per_row: bool = False,
-) -> SolverResult:
-    """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in).
+@dataclass(frozen=True)
+class OBSOptions(SolverOptions):
+    """Options of the OBS solvers (sparsegpt, gptq)."""
 
-    Options: ``blocksize`` (128), ``damping`` (0.01, fraction of the mean Hessian diagonal),
-    ``dtype`` (torch.float32 or torch.float64 for the OBS arithmetic), ``per_row`` (False: the
-    reference's mask over each whole block; True: the same sparsity in every row, see
-    ``obs_compress``).
-    """
+    blocksize: int = option(128, "columns per block of the lazy OBS update", minimum=1)
+    damping: float = option(0.01, "fraction of mean(diag C) added to the diagonal of C", minimum=0.0)
+
+
+@register_solver("sparsegpt", options=OBSOptions, kinds=("prune", "joint"),
+                 summary="OBS pruning column by column (+ INT4 rounding in the same loop with bits)")
+def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: OBSOptions) -> SolverResult:
+    """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in): the reference's mask over each
+    whole block of columns (``obs_compress`` with ``per_row=False``)."""
     check_problem(weight, stats, spec)
-    if not (spec.prunes or spec.quantizes):
-        return Projected(weight.to(torch.float32).clone()).to_result(weight, stats.covariance)
-    point = obs_compress(
-        weight, stats.covariance, spec, blocksize=blocksize, damping=damping, dtype=dtype, per_row=per_row
-    )
+    point = obs_compress(weight, stats.covariance, spec, blocksize=options.blocksize, damping=options.damping)
     result = point.to_result(weight, stats.covariance)
     logger.debug("sparsegpt %s: objective %.4g", tuple(weight.shape), result.objective)
     return result

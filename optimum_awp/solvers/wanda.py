@@ -2,7 +2,7 @@
 
 ``||X_j||_2^2 = n * C_jj``, so ``|W_ij| * sqrt(C_jj)`` gives the same ranking; it is computed
 from the covariance alone. With ``spec.bits`` the kept entries are then rounded to the group
-grid (Wanda + RTN); a pure quantization spec is plain RTN.
+grid (Wanda + RTN); quantization alone is method "rtn".
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
+from .options import NoOptions
 from .projections import apply_mask, check_problem, sparsity_mask
 
 logger = logging.getLogger(__name__)
@@ -30,12 +31,10 @@ def wanda_mask(weight: torch.Tensor, covariance: torch.Tensor, spec: Compression
     return sparsity_mask(wanda_scores(weight, covariance), spec)
 
 
-@register_solver("wanda")
-def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, **options) -> SolverResult:
-    """Wanda pruning of ``weight`` (out, in) with ``stats.covariance`` (in, in). Takes no options."""
+@register_solver("wanda", kinds=("prune", "joint"), summary="prune by |W_ij| ||X_j|| within each row (+ RTN with bits)")
+def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: NoOptions) -> SolverResult:
+    """Wanda pruning of ``weight`` (out, in) with ``stats.covariance`` (in, in)."""
     check_problem(weight, stats, spec)
-    if options:
-        raise ValueError(f"wanda takes no options, got {sorted(options)}.")
     mask = wanda_mask(weight, stats.covariance, spec)
     result = apply_mask(weight.to(torch.float32), mask, spec).to_result(weight, stats.covariance)
     logger.debug("wanda %s: objective %.4g", tuple(weight.shape), result.objective)

@@ -5,6 +5,7 @@ import torch
 from awp_solver_helpers import correlated_problem
 
 from optimum_awp.solvers import AWQResult, CompressionSpec, LayerStats, dequantize, get_solver
+from optimum_awp.solvers.awq import awq_compress
 
 
 def _block_diagonal(stats, g):
@@ -36,10 +37,10 @@ def test_default_result_is_storable():
 def test_scaling_reports_input_scale_and_theta_is_grid_over_scale():
     weight, stats = correlated_problem(16, 64)
     spec = CompressionSpec(bits=4, group_size=32)
-    result = get_solver("awq")(weight, stats, spec, scaling=True)
+    result = awq_compress(weight, stats, spec, scaling=True)
     assert result.input_scale.shape == (64,) and 0 <= result.alpha < 1
     assert torch.allclose(dequantize(result.codes, result.scales, None) / result.input_scale, result.weight)
-    no_clip = get_solver("awq")(weight, stats, spec, scaling=True, clip=False)
+    no_clip = awq_compress(weight, stats, spec, scaling=True, clip=False)
     assert no_clip.objective <= get_solver("rtn")(weight, stats, spec).objective + 1e-9  # alpha = 0 is RTN
 
 
@@ -47,7 +48,7 @@ def test_uniform_activations_make_scaling_a_no_op():
     weight, stats = correlated_problem(8, 64)
     stats = LayerStats(covariance=stats.covariance, mean_abs=torch.ones(64))
     spec = CompressionSpec(bits=4, group_size=32)
-    scaled = get_solver("awq")(weight, stats, spec, scaling=True)
+    scaled = awq_compress(weight, stats, spec, scaling=True)
     assert torch.allclose(scaled.input_scale, torch.ones(64))
     assert torch.allclose(scaled.weight, get_solver("awq")(weight, stats, spec).weight)
 

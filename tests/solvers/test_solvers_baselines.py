@@ -40,21 +40,14 @@ def test_wanda_keeps_largest_weight_times_input_norm_per_row():
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
-def test_pure_quantization_on_pruning_methods_is_rtn(method):
-    weight, stats = correlated_problem(8, 64)
-    spec = CompressionSpec(bits=4, group_size=32, symmetric=False)
-    a = get_solver(method)(weight, stats, spec)
-    b = get_solver("rtn")(weight, stats, spec)
-    assert a.mask is None and torch.equal(a.weight, b.weight) and torch.equal(a.codes, b.codes)
-
-
-def test_rtn_with_sparsity_is_magnitude_mask_then_grid():
+def test_joint_on_pruning_methods_is_their_mask_then_rtn(method):
     weight, stats = correlated_problem(8, 64)
     spec = CompressionSpec(sparsity=0.5, bits=4, group_size=32)
-    a = get_solver("rtn")(weight, stats, spec)
-    b = get_solver("magnitude")(weight, stats, spec)
-    assert torch.equal(a.weight, b.weight)
-    assert (a.mask.sum(dim=1) == 32).all()
+    joint = get_solver(method)(weight, stats, spec)
+    mask = get_solver(method)(weight, stats, CompressionSpec(sparsity=0.5)).mask
+    assert torch.equal(joint.mask, mask) and (joint.mask.sum(dim=1) == 32).all()
+    codes, scales = joint.codes, joint.scales
+    assert torch.equal(dequantize(codes, scales, None), joint.weight) and (codes[~mask] == 8).all()
 
 
 CONTRACT_SPECS = [
@@ -71,8 +64,9 @@ CONTRACT_SPECS = [
 def test_every_solver_result_obeys_the_contract(method, spec):
     weight, stats = correlated_problem(8, 64)
     solve = get_solver(method)
-    if not spec.quantizes and method in ("rtn", "gptq", "awq"):
-        with pytest.raises(ValueError, match="bits"):
+    kind = "joint" if spec.prunes and spec.quantizes else "prune" if spec.prunes else "quantize"
+    if kind not in solve.kinds:
+        with pytest.raises(ValueError, match=f"method '{method}' does not do"):
             solve(weight, stats, spec)
         return
     result = solve(weight, stats, spec, **_options(method))
@@ -98,7 +92,8 @@ def test_every_solver_result_obeys_the_contract(method, spec):
 def test_solvers_do_not_mutate_inputs(method):
     weight, stats = correlated_problem(8, 64)
     w, c = weight.clone(), stats.covariance.clone()
-    get_solver(method)(weight, stats, CompressionSpec(pattern=(2, 4), bits=4, group_size=32), **_options(method))
+    spec = CompressionSpec(pattern=(2, 4) if "joint" in get_solver(method).kinds else None, bits=4, group_size=32)
+    get_solver(method)(weight, stats, spec, **_options(method))
     assert torch.equal(weight, w) and torch.equal(stats.covariance, c)
 
 

@@ -25,18 +25,25 @@ def test_bad_specs_are_refused(kwargs):
         CompressionSpec(**kwargs)
 
 
+def supported(method: str, pattern=None, group_size: int = -1) -> CompressionSpec:
+    """A spec of a kind ``method`` declares: joint if it can, else what it does alone."""
+    kinds = get_solver(method).kinds
+    if "joint" in kinds:
+        return CompressionSpec(pattern=pattern, sparsity=0.0 if pattern else 0.5, bits=4, group_size=group_size)
+    if "quantize" in kinds:
+        return CompressionSpec(bits=4, group_size=group_size)
+    return CompressionSpec(pattern=pattern, sparsity=0.0 if pattern else 0.5)
+
+
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(
-    "spec,match",
-    [
-        (CompressionSpec(pattern=(2, 4), bits=4, group_size=32), "divisible by M"),
-        (CompressionSpec(bits=4, group_size=64), "divisible by group_size"),
-    ],
-)
-def test_shape_errors_come_before_work(method, spec, match):
-    weight = torch.randn(4, 30 if spec.pattern else 96)
+@pytest.mark.parametrize("what", ["pattern", "group"])
+def test_shape_errors_come_before_work(method, what):
+    spec = supported(method, pattern=(2, 4)) if what == "pattern" else supported(method, group_size=64)
+    if (what == "group" and not spec.quantizes) or (what == "pattern" and spec.pattern is None):
+        pytest.skip(f"{method} does not {'quantize' if what == 'group' else 'prune'}")
+    weight = torch.randn(4, 30 if what == "pattern" else 96)
     stats = LayerStats(covariance=torch.full((2, 2), float("nan")))  # wrong and poisoned: never reached
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match="divisible by M" if what == "pattern" else "divisible by group_size"):
         get_solver(method)(weight, stats, spec)
 
 
@@ -45,30 +52,38 @@ def test_covariance_shape_mismatch_is_refused(method):
     weight, stats = correlated_problem(4, 16)
     with pytest.raises(ValueError, match="covariance"):
         stats = LayerStats(covariance=stats.covariance[:8, :8])
-        get_solver(method)(weight, stats, CompressionSpec(bits=4, group_size=-1))
+        get_solver(method)(weight, stats, supported(method))
 
 
-@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
-def test_methods_that_need_bits_refuse_pruning_only(method):
+@pytest.mark.parametrize("method", METHODS)
+def test_specs_of_an_undeclared_kind_are_refused(method):
     weight, stats = correlated_problem(4, 16)
-    with pytest.raises(ValueError, match="bits"):
-        get_solver(method)(weight, stats, CompressionSpec(sparsity=0.5))
+    solver = get_solver(method)
+    specs = {"prune": CompressionSpec(sparsity=0.5), "quantize": CompressionSpec(bits=4, group_size=-1),
+             "joint": CompressionSpec(sparsity=0.5, bits=4, group_size=-1)}
+    for kind, spec in specs.items():
+        if kind in solver.kinds:
+            assert solver(weight, stats, spec).weight.shape == weight.shape
+        else:
+            with pytest.raises(ValueError, match=f"method '{method}' does not do"):
+                solver(weight, stats, spec)
 
 
 BAD_OPTIONS = [
-    ("magnitude", {"foo": 1}),
-    ("awp", {"init": "gptq"}),
-    ("awp", {"step": "newton"}),
-    ("awp", {"max_iterations": -1}),
-    ("awp", {"quant_init": "rtn"}),
-    ("sparsegpt", {"blocksize": 0}),
-    ("sparsegpt", {"damping": -1.0}),
-    ("awq", {"max_shrink": 1.0}),
+    ("magnitude", {"foo": 1}, "takes no option"),
+    ("awp", {"init": "gptq"}, "init must be one of"),
+    ("awp", {"step": "newton"}, "step must be one of"),
+    ("awp", {"max_iterations": -1}, "max_iterations must be an int >= 0"),
+    ("awp", {"damping": float("inf")}, "damping must be a finite float >= 0"),
+    ("awp", {"quant_init": "rtn"}, "takes no option"),
+    ("sparsegpt", {"blocksize": 0}, "blocksize must be an int >= 1"),
+    ("sparsegpt", {"damping": -1.0}, "damping must be a finite float >= 0"),
+    ("awq", {"max_shrink": 1.0}, "max_shrink must be a finite float >= 0 and <= 0.99"),
 ]
 
 
-@pytest.mark.parametrize("method,options", BAD_OPTIONS)
-def test_bad_options_are_refused(method, options):
+@pytest.mark.parametrize("method,options,match", BAD_OPTIONS)
+def test_bad_options_are_refused(method, options, match):
     weight, stats = correlated_problem(4, 16)
-    with pytest.raises((ValueError, TypeError)):
-        get_solver(method)(weight, stats, CompressionSpec(sparsity=0.5, bits=4, group_size=-1), **options)
+    with pytest.raises(ValueError, match=match):
+        get_solver(method)(weight, stats, supported(method), **options)
