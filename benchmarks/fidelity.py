@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from optimum_awp.cli.arguments import add_solver_arguments
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "fidelity.md"
 NOTES_MARKER = "<!-- notes: text below this line is kept when benchmarks/fidelity.py rewrites the file -->"
@@ -112,16 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (quick 512, full 2048)")
     p.add_argument("--eval-windows", type=int, default=None, help="eval windows (quick 16, full all)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="eval window length (quick 512, full 2048)")
-    p.add_argument("--max-iterations", type=int, default=None, help="AWP iteration cap (AWPConfig default)")
-    p.add_argument("--tolerance", type=float, default=None, help="AWP stopping tolerance (AWPConfig default)")
-    p.add_argument("--damping", type=float, default=None, help="damping of C (AWPConfig default)")
-    p.add_argument("--init", default=None, help="AWP initial point (AWPConfig default)")
-    p.add_argument("--step", default=None, help="AWP step, lambda_max or diagonal (AWPConfig default)")
-    p.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=None,
-                   help="AWP momentum (AWPConfig default)")
-    p.add_argument("--scope", default=None, help="AWP unstructured scope, row or layer (AWPConfig default)")
-    p.add_argument("--bf16-products", action=argparse.BooleanOptionalAction, default=None,
-                   help="AWP iteration products in bfloat16 (AWPConfig default)")
+    add_solver_arguments(p)  # every declared solver option; each run passes its method's own
     p.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.add_argument("--log-level", default="WARNING", help="level of the optimum_awp loggers")
@@ -423,16 +416,26 @@ def evaluate(model, tokens, bos, args) -> dict:
             "eval_seconds": round(result.seconds, 2)}
 
 
+def run_options(method: str, args) -> dict:
+    """The options of one run: the command line's, for those its solver declares, then its variant's."""
+    from optimum_awp.cli.arguments import solver_options
+    from optimum_awp.solvers import get_solver
+
+    declared = {spec.name for spec in get_solver(solver_of(method)).option_specs()}
+    given = {k: v for k, v in solver_options(args).items() if k in declared}
+    return {**given, **AWP_VARIANTS.get(method, {})}
+
+
 def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> dict:
     """Compress the (restored, dense) model with one method and return its compression figures."""
     from optimum_awp.compress import compress
     from optimum_awp.config import AWPConfig
 
-    options = {**awp_options(args), **AWP_VARIANTS.get(method, {})}
     config = AWPConfig(method=solver_of(method), sparsity=setting.sparsity, bits=setting.bits, group_size=GROUP_SIZE,
-                       nsamples=ids.shape[0], seqlen=ids.shape[1], **options)
+                       nsamples=ids.shape[0], seqlen=ids.shape[1], **run_options(method, args))
     report = compress(model, config, ids, pack=False, progress=not args.no_progress, batch_size=args.batch_size)
     return {
+        "options": report.config.options,
         "compress_seconds": round(report.seconds, 2),
         "mean_objective": report.mean_objective,
         "layers": [{"name": l.name, "objective": l.objective, "iterations": l.iterations,
@@ -441,11 +444,10 @@ def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> di
 
 
 def awp_options(args) -> dict:
+    """AWP's options in this benchmark: its declared defaults with the command line's changes."""
     from optimum_awp.config import AWPConfig
 
-    defaults = AWPConfig(sparsity=0.5)
-    return {k: getattr(args, k) if getattr(args, k) is not None else getattr(defaults, k)
-            for k in ("max_iterations", "tolerance", "damping", "init", "step", "momentum", "scope", "bf16_products")}
+    return AWPConfig(sparsity=0.5, **run_options("awp", args)).options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DEFAULT_SOURCE, embedded_model, eval_tokens
+from .nn import AWPLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PerplexityResult", "load_model", "perplexity", "perplexity_of_tokens", "resolve_dtype"]
+__all__ = ["PerplexityResult", "checkpoint_bytes", "generation_speed", "load_model", "model_sizes", "perplexity",
+           "perplexity_of_tokens", "resolve_dtype"]
 
 # Floats of logits computed at once: 2**26 float32 = 256 MiB (256 positions of a 262k vocabulary).
 LOGIT_CHUNK_ELEMENTS = 2**26
@@ -289,3 +291,68 @@ def load_model(
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Size and speed.
+# --------------------------------------------------------------------------------------------------
+
+
+def _unique_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and persistent buffer of ``model`` once (tied weights counted once)."""
+    seen, tensors = set(), []
+    for tensor in model.state_dict(keep_vars=True).values():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) if tensor.device.type != "meta" else id(tensor)
+        if key not in seen:
+            seen.add(key)
+            tensors.append(tensor)
+    return tensors
+
+
+def model_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the weights as stored now ("compressed") and as a dense model would store them ("dense").
+
+    The dense figure counts each ``AWPLinear`` weight as (out, in) in the model dtype; everything else
+    (embeddings, norms, biases, dense linears) counts as stored. "linears_dense" and
+    "linears_compressed" are the same two figures for the ``AWPLinear`` weights alone.
+    """
+    compressed = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
+    linears_dense = linears_compressed = 0
+    for module in model.modules():
+        if isinstance(module, AWPLinear):
+            itemsize = torch.empty((), dtype=module.dtype).element_size()
+            linears_dense += module.in_features * module.out_features * itemsize
+            linears_compressed += module.weight_bytes()
+    return {"dense": compressed + linears_dense - linears_compressed, "compressed": compressed,
+            "linears_dense": linears_dense, "linears_compressed": linears_compressed}
+
+
+def checkpoint_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes of the safetensors files of a local checkpoint folder; None when it is not a local folder with any."""
+    from pathlib import Path
+
+    path = Path(folder)
+    files = list(path.glob("*.safetensors")) if path.is_dir() else []
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def generation_speed(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of ``model`` on ``prompt`` (1, tokens): medians over ``repeats``
+    greedy generations of ``new_tokens`` (after one warm-up forward, which builds the kernel layouts).
+
+    Decode time is a generation's time less one prefill of the same prompt.
+    """
+    import statistics
+
+    prefill, decode = [], []
+    with torch.inference_mode():
+        model(prompt)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(prompt)
+            prefill.append(prompt.shape[1] / (time.perf_counter() - start))
+            start = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            seconds = time.perf_counter() - start - prompt.shape[1] / prefill[-1]
+            decode.append((out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9))
+    return statistics.median(prefill), statistics.median(decode)

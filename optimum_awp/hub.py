@@ -26,42 +26,11 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from torch import nn
 
 from .config import AWPConfig
-from .nn.linear import AWPLinear
+from .evaluate import model_sizes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_save_directory", "model_card", "model_sizes", "push_to_hub", "save_pretrained"]
-
-
-# --- sizes ----------------------------------------------------------------------------------------------------
-
-def _unique_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """Every parameter and persistent buffer of ``model`` once (tied weights counted once)."""
-    seen, tensors = set(), []
-    for tensor in model.state_dict(keep_vars=True).values():
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) if tensor.device.type != "meta" else id(tensor)
-        if key not in seen:
-            seen.add(key)
-            tensors.append(tensor)
-    return tensors
-
-
-def model_sizes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the weights as stored now ("compressed") and as a dense model would store them ("dense").
-
-    The dense figure counts each ``AWPLinear`` weight as (out, in) in the model dtype; everything else
-    (embeddings, norms, biases, dense linears) counts as stored. "linears_dense" and
-    "linears_compressed" are the same two figures for the ``AWPLinear`` weights alone.
-    """
-    compressed = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
-    linears_dense = linears_compressed = 0
-    for module in model.modules():
-        if isinstance(module, AWPLinear):
-            itemsize = torch.empty((), dtype=module.dtype).element_size()
-            linears_dense += module.in_features * module.out_features * itemsize
-            linears_compressed += module.weight_bytes()
-    return {"dense": compressed + linears_dense - linears_compressed, "compressed": compressed,
-            "linears_dense": linears_dense, "linears_compressed": linears_compressed}
+__all__ = ["check_save_directory", "model_card", "push_to_hub", "save_pretrained"]
 
 
 def _human(nbytes: float) -> str:
@@ -162,11 +131,15 @@ def model_card(
         "",
         "## How to load",
         "",
-        "transformers has no plugin discovery for quantizers: `import optimum_awp` registers the `awp` "
-        "quantization method before the model loads (the packed modules are rebuilt, nothing is recompressed).",
+        "Install optimum-awp next to transformers: it registers the `awp` quantization method with transformers, "
+        "so the standard loaders rebuild the packed modules (nothing is recompressed, and no `import optimum_awp` "
+        "is needed).",
+        "",
+        "```bash",
+        "pip install optimum-awp",
+        "```",
         "",
         "```python",
-        "import optimum_awp  # registers quant_method 'awp' with transformers",
         "from transformers import AutoModelForCausalLM, pipeline",
         "",
         f'model = AutoModelForCausalLM.from_pretrained("{where}")',

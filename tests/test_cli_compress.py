@@ -16,7 +16,7 @@ from optimum_awp.quantizer import register
 
 register()
 
-TINY = ["--nsamples", "4", "--seqlen", "16", "--no-progress"]
+TINY = ["--nsamples", "4", "--calib-seqlen", "16", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,11 @@ def files(tmp_path_factory):
 def test_help_documents_every_option(capsys):
     for command, options in {
         "compress": ("--method", "--sparsity", "--bits", "--group-size", "--asymmetric", "--keep-dense", "--dataset",
-                     "--nsamples", "--seqlen", "--seed", "--max-iterations", "--tolerance", "--damping", "--init",
-                     "--eval", "--eval-seqlen", "--eval-windows", "--push-to-hub", "--private", "-o", "--dtype"),
+                     "--nsamples", "--calib-seqlen", "--seed", "--max-iterations", "--tolerance", "--damping", "--init",
+                     "--step", "--momentum", "--scope", "--bf16-products", "--blocksize", "--n-grid", "--max-shrink",
+                     "--clip", "--eval", "--seqlen", "--nwindows", "--push-to-hub", "--private", "-o", "--dtype"),
+        "demo": ("--method", "--sparsity", "--bits", "--nsamples", "--calib-seqlen", "--seqlen", "--nwindows",
+                 "--max-iterations", "--step", "--bf16-products", "--new-tokens"),
         "export": ("--format", "compressed-tensors", "-o"),
         "bench": ("--prompt-tokens", "--new-tokens", "--repeats", "--no-ppl", "--dataset", "--seqlen"),
     }.items():
@@ -46,7 +49,7 @@ def test_compress_export_bench(files, tmp_path, capsys):
     dense, text = files
     out = tmp_path / "out"
     code = cli.main(["compress", str(dense), "-o", str(out), "--method", "wanda", "--sparsity", "2:4", "--bits", "4",
-                     "--dataset", str(text), "--eval", "--eval-seqlen", "16", "--eval-windows", "8", *TINY])
+                     "--dataset", str(text), "--eval", "--seqlen", "16", "--nwindows", "8", *TINY])
     assert code == 0
     printed = capsys.readouterr().out
     assert "dense perplexity" in printed and "compressed perplexity" in printed and "compressed 14 linears" in printed
