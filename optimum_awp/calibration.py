@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .solvers.base import LayerStats
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +218,21 @@ def run_block(block: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict], 
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class InputStatistics:
+    """The calibration statistics of one linear's input (what ``solvers.LayerStats`` holds for a solver).
+
+    Attributes:
+        covariance: C = X Xᵀ / n, (in, in), float32 or float64.
+        mean_abs: mean |x_j| over tokens, (in,).
+        nsamples: the number of tokens n.
+    """
+
+    covariance: torch.Tensor
+    mean_abs: torch.Tensor
+    nsamples: int
+
+
 class StatAccumulator:
     """Streams X Xᵀ and Σ|x| over batches of inputs of width ``features``.
 
@@ -237,14 +251,14 @@ class StatAccumulator:
         self.abs_sum.add_(x.abs().sum(dim=0))
         self.count += x.shape[0]
 
-    def stats(self) -> LayerStats:
+    def stats(self) -> InputStatistics:
         """C = X Xᵀ / n (in, in), mean |x_j| (in,), n."""
         n = max(self.count, 1)
-        return LayerStats(covariance=self.outer / n, mean_abs=self.abs_sum / n, nsamples=self.count)
+        return InputStatistics(covariance=self.outer / n, mean_abs=self.abs_sum / n, nsamples=self.count)
 
 
 class BlockStatistics:
-    """Forward hooks gathering LayerStats for the chosen linears of one block.
+    """Forward hooks gathering InputStatistics for the chosen linears of one block.
 
     Linears that receive the very same input tensor object within one forward of the block (q/k/v
     after the attention norm, gate/up after the MLP norm) share one accumulator: it is detected, not
@@ -308,9 +322,9 @@ class BlockStatistics:
                 by_acc.setdefault(id(self._owner[name]), []).append(name)
         return list(by_acc.values())
 
-    def stats(self) -> dict[str, LayerStats]:
-        """name -> LayerStats; linears in one group get the same LayerStats object."""
-        out: dict[str, LayerStats] = {}
+    def stats(self) -> dict[str, InputStatistics]:
+        """name -> InputStatistics; linears in one group get the same InputStatistics object."""
+        out: dict[str, InputStatistics] = {}
         for group in self.groups():
             shared = self._owner[group[0]].stats()
             out.update({name: shared for name in group})
@@ -324,7 +338,7 @@ class BlockStatistics:
 # The sequential block walk.
 # --------------------------------------------------------------------------------------------------
 
-BlockSolver = Callable[[int, nn.Module, dict[str, LayerStats]], bool]
+BlockSolver = Callable[[int, nn.Module, dict[str, InputStatistics]], bool]
 
 
 @torch.no_grad()
@@ -350,7 +364,7 @@ def walk_blocks(
     Args:
         model: the causal LM whose blocks ``inputs`` was captured from.
         inputs: BlockInputs from ``capture_block_inputs``; its ``hidden`` is consumed.
-        solve_block: (block index, block, qualified name -> LayerStats) -> changed.
+        solve_block: (block index, block, qualified name -> InputStatistics) -> changed.
         select: which linears (qualified names, e.g. "model.layers.3.mlp.up_proj") get statistics.
         finish_block: called after the block's outputs are final.
         stats_dtype: torch.float32 or torch.float64 accumulation.

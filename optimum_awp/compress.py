@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration import block_linears, capture_block_inputs, decoder_layers, layers_prefix, walk_blocks
+from .calibration import (
+    InputStatistics, block_linears, capture_block_inputs, decoder_layers, layers_prefix, walk_blocks,
+)  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
@@ -327,10 +329,11 @@ def compress(
     wanted = set(names)
     pending: dict[str, SolverResult] = {}
 
-    def solve_block(index: int, block: nn.Module, stats: dict[str, LayerStats]) -> bool:
-        for name, layer_stats in stats.items():
+    def solve_block(index: int, block: nn.Module, stats: dict[str, InputStatistics]) -> bool:
+        for name, inputs in stats.items():
             linear = model.get_submodule(name)
             tic = time.perf_counter()
+            layer_stats = LayerStats(inputs.covariance, inputs.mean_abs, inputs.nsamples)
             result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, options)
             linear.weight.data.copy_(result.weight.to(linear.weight.dtype))
             seconds = time.perf_counter() - tic

@@ -2,17 +2,11 @@
 
 import pytest
 import torch
+from tiny_models import random_ids
+from tiny_models import tiny_gemma3 as shared_tiny_gemma3
+from tiny_models import tiny_llama as shared_tiny_llama
 from torch import nn
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    OPTConfig,
-    OPTForCausalLM,
-)
+from transformers import Gemma3ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from optimum_awp.calibration import (
     BlockStatistics,
@@ -27,23 +21,15 @@ from optimum_awp.solvers import LayerStats
 
 
 def tiny_llama(layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
+    return shared_tiny_llama(hidden=64, layers=layers, max_position_embeddings=64)
 
 
 def tiny_gemma3() -> Gemma3ForCausalLM:
-    """Four layers alternating sliding (window 4) and full attention, so their masks differ at seq 16."""
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=4,
-                           layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=64)
-    return Gemma3ForCausalLM(cfg).eval()
+    return shared_tiny_gemma3(hidden=64, head_dim=32)
 
 
 def token_ids(n: int = 3, seqlen: int = 16) -> torch.Tensor:
-    return torch.randint(0, 128, (n, seqlen), generator=torch.Generator().manual_seed(1))
+    return random_ids(n, seqlen)
 
 
 def test_decoder_layers_across_architectures():

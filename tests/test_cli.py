@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny_models import tiny_llama
+from transformers import PreTrainedTokenizerFast
 
 from optimum_awp import cli
 
@@ -26,12 +26,7 @@ def tiny_model_dir(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>").save_pretrained(
         tmp_path / "tiny"
     )
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
-    torch.nn.init.zeros_(model.lm_head.weight)
+    model = tiny_llama(hidden=16, layers=1, vocab=VOCAB, heads=2, kv_heads=1, zero_head=True)
     model.save_pretrained(tmp_path / "tiny")
     return tmp_path / "tiny"
 

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from tiny_models import random_ids, tiny_gemma3, tiny_llama
 
 from dataclasses import dataclass
 
@@ -22,23 +22,8 @@ compress_module = importlib.import_module("optimum_awp.compress")
 LINEARS_PER_BLOCK = 7
 
 
-def tiny_llama(hidden: int = 128, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gemma3() -> Gemma3ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=64, sliding_window=4,
-                           layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=64)
-    return Gemma3ForCausalLM(cfg).eval()
-
-
 def token_ids(n: int = 4, seqlen: int = 16) -> torch.Tensor:
-    return torch.randint(0, 128, (n, seqlen), generator=torch.Generator().manual_seed(1))
+    return random_ids(n, seqlen)
 
 
 @dataclass(frozen=True)

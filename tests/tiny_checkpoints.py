@@ -11,7 +11,8 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny_models import tiny_llama
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 WORDS = ("the a cat dog sat on mat and ran far away house tree bird sang sun moon star sky blue red green "
          "small big old new quick slow brown fox jumps over lazy river hill road . ,").split()
@@ -45,13 +46,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 def dense_model(seed: int = 0, tie: bool = False, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """A random 2-block Llama (hidden 128, intermediate 256) over the tokenizer's vocabulary."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tie,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3,
-    )
-    model = LlamaForCausalLM(config).to(dtype).eval()
+    model = tiny_llama(vocab=VOCAB, seed=seed, tie=tie, dtype=dtype, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     model.generation_config.pad_token_id = 3
     return model
 

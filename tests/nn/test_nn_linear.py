@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from awp_nn_helpers import magnitude_2of4, pack, rtn_int4
+from tiny_models import tiny_llama as shared_tiny_llama
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -219,19 +220,8 @@ def test_cpu_cuda_cpu_keeps_outputs(fmt):
 
 # ----------------------------------------------------------------------------------------------- tiny model
 def tiny_llama(dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).to(dtype).eval()
+    return shared_tiny_llama(hidden=32, vocab=64, heads=2, kv_heads=1, head_dim=16, dtype=dtype,
+                             max_position_embeddings=64)
 
 
 def swap_linears(model, fmt, group_size=32):

@@ -29,3 +29,12 @@ def identity_problem(out_features: int = 8, in_features: int = 32, seed: int = 0
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=gen)
     return weight, LayerStats(covariance=torch.eye(in_features), nsamples=in_features)
+
+
+def output_error(weight: torch.Tensor, theta: torch.Tensor, covariance: torch.Tensor) -> float:
+    """‖(W - Θ) R‖²_F / ‖W R‖²_F with C = R Rᵀ from an eigendecomposition, in float64: the relative layer
+    objective computed independently of ``solvers.relative_objective`` (which forms tr(Δ C Δᵀ) directly)."""
+    values, vectors = torch.linalg.eigh(covariance.double())
+    root = vectors * values.clamp(min=0).sqrt()
+    delta = (weight.double() - theta.double()) @ root
+    return float(delta.square().sum() / (weight.double() @ root).square().sum())
