@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-
 logger = logging.getLogger(__name__)
 
 LAYER_LIST_NAMES = ("layers", "h", "blocks", "block")

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from .calibration import (
-    InputStatistics, block_linears, capture_block_inputs, decoder_layers, layers_prefix, walk_blocks,
+    InputStatistics,
+    block_linears,
+    capture_block_inputs,
+    decoder_layers,
+    layers_prefix,
+    walk_blocks,
 )  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver

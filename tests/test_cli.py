@@ -5,27 +5,17 @@ import subprocess
 import sys
 
 import pytest
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from tiny_models import tiny_llama
-from transformers import PreTrainedTokenizerFast
+from tiny_models import WORD_VOCAB, WORDS, tiny_llama, word_tokenizer
 
 from optimum_awp import cli
 
-WORDS = "the a cat dog sat on mat and ran far away . ,".split()
-VOCAB = 2 + len(WORDS)
+VOCAB = WORD_VOCAB
 
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A saved tiny Llama with a zeroed head (perplexity = vocabulary size) and a word-level tokenizer."""
-    vocab = {word: i for i, word in enumerate(["[UNK]", "<s>"] + WORDS)}
-    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>").save_pretrained(
-        tmp_path / "tiny"
-    )
+    word_tokenizer().save_pretrained(tmp_path / "tiny")
     model = tiny_llama(hidden=16, layers=1, vocab=VOCAB, heads=2, kv_heads=1, zero_head=True)
     model.save_pretrained(tmp_path / "tiny")
     return tmp_path / "tiny"

@@ -1,18 +1,23 @@
 """compress(): validation before work, the block walk with a solver, modules left dense, the report."""
 
 import importlib
+from dataclasses import dataclass
 
 import pytest
 import torch
 from tiny_models import random_ids, tiny_gemma3, tiny_llama
 
-from dataclasses import dataclass
-
 from optimum_awp.compress import compress, is_excluded, spec_from_config
 from optimum_awp.config import AWPConfig
-from optimum_awp.nn.kernels import use_backend
 from optimum_awp.nn import AWPLinear, format_for
-from optimum_awp.solvers import SOLVERS, CompressionSpec, LayerStats, SolverResult, relative_objective
+from optimum_awp.nn.kernels import use_backend
+from optimum_awp.solvers import (
+    SOLVERS,
+    CompressionSpec,
+    LayerStats,
+    SolverResult,
+    relative_objective,
+)
 from optimum_awp.solvers.base import RegisteredSolver
 from optimum_awp.solvers.options import SolverOptions, option
 

@@ -6,27 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from transformers import PreTrainedTokenizerFast
+from tiny_models import word_text, word_tokenizer
 
 from optimum_awp import data
-
-WORDS = "the a cat dog sat on mat and ran far away . ,".split()
-
-
-def make_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over WORDS; id 0 is [UNK], id 1 is <s> (the BOS when ``bos``)."""
-    vocab = {word: i for i, word in enumerate(["[UNK]", "<s>"] + WORDS)}
-    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = Whitespace()
-    extra = {"bos_token": "<s>"} if bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", **extra)
-
-
-def word_text(n: int, seed: int = 0) -> str:
-    return " ".join(np.random.default_rng(seed).choice(WORDS, n))
 
 
 @pytest.fixture
@@ -161,7 +143,7 @@ def test_gensim_wiki_is_deterministic_and_cached(gensim_parts):
 
 
 def test_eval_tokens_joins_with_blank_lines_without_bos():
-    tok = make_tokenizer()
+    tok = word_tokenizer()
     ids = data.eval_tokens(tok, ["the cat", "sat ."])
     assert ids.dtype == torch.long and ids.dim() == 1
     assert ids.tolist() == tok("the cat\n\nsat .", add_special_tokens=False)["input_ids"]
@@ -169,7 +151,7 @@ def test_eval_tokens_joins_with_blank_lines_without_bos():
 
 
 def test_calibration_samples_shape_bos_and_determinism():
-    tok = make_tokenizer()
+    tok = word_tokenizer()
     texts = [word_text(500)]
     stream = data.tokenize_text(tok, texts)
     samples = data.calibration_samples(tok, texts, nsamples=6, seqlen=32, seed=3)
@@ -185,7 +167,7 @@ def test_calibration_samples_shape_bos_and_determinism():
 
 
 def test_calibration_samples_without_bos_are_plain_windows():
-    tok = make_tokenizer(bos=False)
+    tok = word_tokenizer(bos=False)
     texts = [word_text(200)]
     samples = data.calibration_samples(tok, texts, nsamples=4, seqlen=16, seed=0)
     assert samples.shape == (4, 16)
@@ -193,7 +175,7 @@ def test_calibration_samples_without_bos_are_plain_windows():
 
 
 def test_calibration_samples_errors():
-    tok = make_tokenizer()
+    tok = word_tokenizer()
     with pytest.raises(ValueError, match=r"10 tokens.*seqlen=32"):
         data.calibration_samples(tok, [word_text(10)], nsamples=2, seqlen=32)
     # exactly enough text for one window works

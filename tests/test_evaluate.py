@@ -2,34 +2,20 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
+from tiny_models import WORD_VOCAB, word_text, word_tokenizer
 from tiny_models import tiny_llama as shared_tiny_llama
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaForCausalLM,
+)
 
 from optimum_awp import evaluate
 from optimum_awp.data import tokenize_text
 
-WORDS = "the a cat dog sat on mat and ran far away . ,".split()
-VOCAB = 2 + len(WORDS)  # [UNK], <s>, words
-
-
-def make_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
-    vocab = {word: i for i, word in enumerate(["[UNK]", "<s>"] + WORDS)}
-    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = Whitespace()
-    extra = {"bos_token": "<s>"} if bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", **extra)
-
-
-def word_text(n: int, seed: int = 0) -> str:
-    return " ".join(np.random.default_rng(seed).choice(WORDS, n))
-
-
+VOCAB = WORD_VOCAB
 def tiny_llama(zero_head: bool = False, seed: int = 0) -> LlamaForCausalLM:
     return shared_tiny_llama(hidden=16, vocab=VOCAB, heads=2, kv_heads=1, seed=seed, zero_head=zero_head,
                              max_position_embeddings=64)
@@ -131,7 +117,7 @@ def test_final_logit_softcapping_is_applied():
 def test_perplexity_on_a_text_source_uses_bos_when_defined():
     model = tiny_llama()
     texts = [word_text(60, seed=1), word_text(60, seed=2)]
-    tok = make_tokenizer()
+    tok = word_tokenizer()
     tokens = tokenize_text(tok, texts)
     with_bos = evaluate.perplexity(model, tok, texts, seqlen=16, progress=False)
     assert with_bos.nll == pytest.approx(
@@ -140,15 +126,15 @@ def test_perplexity_on_a_text_source_uses_bos_when_defined():
     no_bos = evaluate.perplexity(model, tok, texts, seqlen=16, add_bos=False, progress=False)
     assert no_bos.nll == pytest.approx(evaluate.perplexity_of_tokens(model, tokens, 16, None, progress=False).nll)
     assert no_bos.nll != pytest.approx(with_bos.nll)
-    plain = evaluate.perplexity(model, make_tokenizer(bos=False), texts, seqlen=16, progress=False)
+    plain = evaluate.perplexity(model, word_tokenizer(bos=False), texts, seqlen=16, progress=False)
     assert plain.nll == pytest.approx(no_bos.nll, rel=1e-9)
     with pytest.raises(ValueError, match="add_bos=True"):
-        evaluate.perplexity(model, make_tokenizer(bos=False), texts, seqlen=16, add_bos=True)
+        evaluate.perplexity(model, word_tokenizer(bos=False), texts, seqlen=16, add_bos=True)
 
 
 def test_perplexity_casts_dtype():
     model = tiny_llama()
-    result = evaluate.perplexity(model, make_tokenizer(), [word_text(40)], seqlen=16, dtype="bfloat16", progress=False)
+    result = evaluate.perplexity(model, word_tokenizer(), [word_text(40)], seqlen=16, dtype="bfloat16", progress=False)
     assert model.dtype == torch.bfloat16 and math.isfinite(result.ppl)
 
 
@@ -169,12 +155,12 @@ def test_perplexity_casts_dtype():
 def test_bad_settings_raise_before_loading_text(kwargs, match):
     # the unknown source would raise a different error if it were loaded first
     with pytest.raises(ValueError, match=match):
-        evaluate.perplexity(tiny_llama(), make_tokenizer(), "no-such-dataset", progress=False, **kwargs)
+        evaluate.perplexity(tiny_llama(), word_tokenizer(), "no-such-dataset", progress=False, **kwargs)
 
 
 def test_text_too_short_raises():
     with pytest.raises(ValueError, match="too short"):
-        evaluate.perplexity(tiny_llama(), make_tokenizer(), ["the cat sat"], seqlen=16, progress=False)
+        evaluate.perplexity(tiny_llama(), word_tokenizer(), ["the cat sat"], seqlen=16, progress=False)
 
 
 # ---- load_model -----------------------------------------------------------------------------------------
@@ -185,7 +171,7 @@ def test_load_model_round_trip_and_unknown_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     tiny_llama().save_pretrained(tmp_path / "tiny")
-    make_tokenizer().save_pretrained(tmp_path / "tiny")
+    word_tokenizer().save_pretrained(tmp_path / "tiny")
     model, tok = evaluate.load_model(str(tmp_path / "tiny"), dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and not model.training and tok.bos_token_id == 1
     with pytest.raises(ValueError, match=r"model '.*missing-model'"):

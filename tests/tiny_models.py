@@ -7,7 +7,12 @@ also offers them as fixtures.
 from __future__ import annotations
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 
 def tiny_llama(
@@ -50,3 +55,28 @@ def tiny_gemma3(hidden: int = 128, layers: int = 4, head_dim: int = 64, seed: in
 def random_ids(n: int, seqlen: int, vocab: int = 128, seed: int = 1) -> torch.Tensor:
     """Random token ids (n, seqlen) in [0, vocab)."""
     return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+WORDS = "the a cat dog sat on mat and ran far away . ,".split()
+WORD_VOCAB = 2 + len(WORDS)  # [UNK], <s>, the words
+
+
+def word_tokenizer(bos: bool = True):
+    """A word-level tokenizer over WORDS; id 0 is [UNK], id 1 is <s> (the BOS when ``bos``)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["[UNK]", "<s>"] + WORDS)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    extra = {"bos_token": "<s>"} if bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", **extra)
+
+
+def word_text(n: int, seed: int = 0) -> str:
+    """``n`` random words of WORDS, space-separated."""
+    import numpy as np
+
+    return " ".join(np.random.default_rng(seed).choice(WORDS, n))

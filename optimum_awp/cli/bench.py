@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 
 from .arguments import (
-    add_evaluation_arguments, add_progress_argument, add_runtime_arguments, add_text_argument, apply_threads,
-    describe_model, eval_kwargs, positive_int, print_settings, prompt_ids,
+    add_evaluation_arguments,
+    add_progress_argument,
+    add_runtime_arguments,
+    add_text_argument,
+    apply_threads,
+    describe_model,
+    eval_kwargs,
+    positive_int,
+    print_settings,
+    prompt_ids,
 )  # fmt: skip
 from .registry import register_command
 
@@ -33,7 +41,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from ..config import AWPConfig
     from ..data import embedded_model
-    from ..evaluate import checkpoint_bytes, generation_speed, load_model, model_sizes, perplexity
+    from ..evaluate import (
+        checkpoint_bytes,
+        generation_speed,
+        load_model,
+        model_sizes,
+        perplexity,
+    )
     from ..hub import config_summary
 
     apply_threads(args)

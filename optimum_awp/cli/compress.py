@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 
 from .arguments import (
-    add_compression_arguments, add_evaluation_arguments, add_progress_argument, add_runtime_arguments,
-    add_text_argument, apply_threads, config_from_args, describe_model, eval_kwargs, print_settings,
+    add_compression_arguments,
+    add_evaluation_arguments,
+    add_progress_argument,
+    add_runtime_arguments,
+    add_text_argument,
+    apply_threads,
+    config_from_args,
+    describe_model,
+    eval_kwargs,
+    print_settings,
 )  # fmt: skip
 from .registry import register_command
 

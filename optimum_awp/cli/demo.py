@@ -17,9 +17,18 @@ import time
 from pathlib import Path
 
 from .arguments import (
-    add_compression_arguments, add_evaluation_arguments, add_progress_argument, add_runtime_arguments,
-    add_text_argument, apply_threads, config_from_args, describe_model, eval_kwargs, positive_int,
-    print_settings, prompt_ids,
+    add_compression_arguments,
+    add_evaluation_arguments,
+    add_progress_argument,
+    add_runtime_arguments,
+    add_text_argument,
+    apply_threads,
+    config_from_args,
+    describe_model,
+    eval_kwargs,
+    positive_int,
+    print_settings,
+    prompt_ids,
 )  # fmt: skip
 from .registry import register_command
 

@@ -6,8 +6,14 @@ import argparse
 import time
 
 from .arguments import (
-    add_evaluation_arguments, add_progress_argument, add_runtime_arguments, add_text_argument, apply_threads,
-    describe_model, eval_kwargs, print_settings,
+    add_evaluation_arguments,
+    add_progress_argument,
+    add_runtime_arguments,
+    add_text_argument,
+    apply_threads,
+    describe_model,
+    eval_kwargs,
+    print_settings,
 )  # fmt: skip
 from .registry import register_command
 

@@ -32,7 +32,13 @@ import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
 from .options import SolverOptions, option
-from .projections import Projected, check_problem, grid_params, quantize_grid, quantize_with
+from .projections import (
+    Projected,
+    check_problem,
+    grid_params,
+    quantize_grid,
+    quantize_with,
+)
 from .wanda import wanda_mask
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,19 @@ import pytest
 import torch
 from awp_solver_helpers import correlated_problem, output_error
 
-from optimum_awp.solvers import CompressionSpec, LayerStats, dequantize, get_solver, relative_objective
-from optimum_awp.solvers.awp import SparseProjector, lambda_max, least_squares_scales, prepare_covariance
+from optimum_awp.solvers import (
+    CompressionSpec,
+    LayerStats,
+    dequantize,
+    get_solver,
+    relative_objective,
+)
+from optimum_awp.solvers.awp import (
+    SparseProjector,
+    lambda_max,
+    least_squares_scales,
+    prepare_covariance,
+)
 from optimum_awp.solvers.sparsegpt import obs_compress
 
 # the monotone variant (exact projection, no momentum, the undamped objective): L never increases

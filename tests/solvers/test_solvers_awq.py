@@ -4,7 +4,13 @@ import pytest
 import torch
 from awp_solver_helpers import correlated_problem
 
-from optimum_awp.solvers import AWQResult, CompressionSpec, LayerStats, dequantize, get_solver
+from optimum_awp.solvers import (
+    AWQResult,
+    CompressionSpec,
+    LayerStats,
+    dequantize,
+    get_solver,
+)
 from optimum_awp.solvers.awq import awq_compress
 
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 from awp_solver_helpers import correlated_problem, identity_problem, output_error
 
-from optimum_awp.solvers import CompressionSpec, dequantize, get_solver, relative_objective, wanda_scores
+from optimum_awp.solvers import (
+    CompressionSpec,
+    dequantize,
+    get_solver,
+    wanda_scores,
+)
 
 ALL = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp"]
 FAST_AWP = {"max_iterations": 10}

@@ -5,7 +5,15 @@ import itertools
 import pytest
 import torch
 
-from optimum_awp.solvers import CompressionSpec, dequantize, keep_count, nm_mask, project, quantize_grid, topk_mask
+from optimum_awp.solvers import (
+    CompressionSpec,
+    dequantize,
+    keep_count,
+    nm_mask,
+    project,
+    quantize_grid,
+    topk_mask,
+)
 from optimum_awp.solvers.projections import apply_mask
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from awp_solver_helpers import correlated_problem
 
-from optimum_awp.solvers import SOLVERS, CompressionSpec, LayerStats, get_solver
+from optimum_awp.solvers import CompressionSpec, LayerStats, get_solver
 
 METHODS = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp"]
 
