@@ -204,9 +204,14 @@ class OBSOptions(SolverOptions):
     damping: float = option(0.01, "fraction of mean(diag C) added to the diagonal of C", minimum=0.0)
 
 
-@register_solver("sparsegpt", options=OBSOptions, kinds=("prune", "joint"),
+@dataclass(frozen=True)
+class SparseGPTOptions(OBSOptions):
+    """Options of sparsegpt: those of the OBS loop."""
+
+
+@register_solver("sparsegpt", options=SparseGPTOptions, kinds=("prune", "joint"),
                  summary="OBS pruning column by column (+ INT4 rounding in the same loop with bits)")
-def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: OBSOptions) -> SolverResult:
+def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: SparseGPTOptions) -> SolverResult:
     """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in): the reference's mask over each
     whole block of columns (``obs_compress`` with ``per_row=False``)."""
     check_problem(weight, stats, spec)
