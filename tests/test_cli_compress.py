@@ -127,3 +127,19 @@ def test_an_output_folder_that_holds_no_model_is_refused_before_loading(command,
     assert code == 2
     assert "holds no model" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_declared_option_reaches_the_flag_the_config_and_the_card(files, tmp_path, capsys):
+    dense, text = files
+    out = tmp_path / "per-row"
+    code = cli.main(["compress", str(dense), "-o", str(out), "--method", "sparsegpt", "--sparsity", "0.5",
+                     "--per-row", "--dataset", str(text), *TINY])
+    assert code == 0, capsys.readouterr().err
+    saved = AutoModelForCausalLM.from_pretrained(out).config.quantization_config
+    assert saved.per_row is True and saved.to_dict()["per_row"] is True
+    assert "| per_row | `True` |" in ModelCard.load(out / "README.md").text
+    code = cli.main(["compress", str(dense), "-o", str(tmp_path / "no"), "--method", "wanda", "--sparsity", "0.5",
+                     "--per-row", "--dataset", str(text), *TINY])
+    assert code == 2
+    assert "['per_row'] is not an option of method 'wanda'" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

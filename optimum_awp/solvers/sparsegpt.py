@@ -206,16 +206,20 @@ class OBSOptions(SolverOptions):
 
 @dataclass(frozen=True)
 class SparseGPTOptions(OBSOptions):
-    """Options of sparsegpt: those of the OBS loop."""
+    """Options of sparsegpt: those of the OBS loop, and where its unstructured mask is chosen."""
+
+    per_row: bool = option(False, "choose the unstructured mask within each row (the same sparsity in every row) "
+                           "instead of over each block of columns, as the reference does")
 
 
 @register_solver("sparsegpt", options=SparseGPTOptions, kinds=("prune", "joint"),
                  summary="OBS pruning column by column (+ INT4 rounding in the same loop with bits)")
 def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: SparseGPTOptions) -> SolverResult:
-    """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in): the reference's mask over each
-    whole block of columns (``obs_compress`` with ``per_row=False``)."""
+    """SparseGPT on ``weight`` (out, in) with ``stats.covariance`` (in, in): by default the reference's mask
+    over each whole block of columns; ``per_row`` the same sparsity in every row (``obs_compress``)."""
     check_problem(weight, stats, spec)
-    point = obs_compress(weight, stats.covariance, spec, blocksize=options.blocksize, damping=options.damping)
+    point = obs_compress(weight, stats.covariance, spec, blocksize=options.blocksize, damping=options.damping,
+                         per_row=options.per_row)
     result = point.to_result(weight, stats.covariance)
     logger.debug("sparsegpt %s: objective %.4g", tuple(weight.shape), result.objective)
     return result

@@ -78,3 +78,13 @@ def test_fixed_mask_is_respected():
     mask = torch.rand(8, 32, generator=torch.Generator().manual_seed(0)) > 0.5
     point = obs_compress(weight, stats.covariance, CompressionSpec(bits=4, group_size=-1), mask=mask)
     assert torch.equal(point.mask, mask) and (point.weight[~mask] == 0).all()
+
+
+def test_per_row_keeps_the_same_count_in_every_row():
+    weight, stats = correlated_problem(8, 64)
+    weight = weight * torch.linspace(0.1, 4, 8).unsqueeze(1)  # rows of different norms
+    spec = CompressionSpec(sparsity=0.75)
+    per_row = get_solver("sparsegpt")(weight, stats, spec, per_row=True)
+    blockwise = get_solver("sparsegpt")(weight, stats, spec)
+    assert per_row.mask.sum(dim=1).tolist() == [16] * 8
+    assert len(set(blockwise.mask.sum(dim=1).tolist())) > 1 and int(blockwise.mask.sum()) == 8 * 16
