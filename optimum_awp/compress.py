@@ -135,8 +135,23 @@ def select_linears(model: nn.Module, spec: CompressionSpec, modules_to_not_conve
                     f"Module {name!r} (weight {linear.out_features}x{linear.in_features}) cannot be compressed: "
                     f"{err} Add it to modules_to_not_convert to keep it dense."
                 ) from None
+            check_finite(linear.weight, f"the weight of {name}")
             chosen.append(name)
     return chosen, skipped
+
+
+class NonFiniteError(ValueError):
+    """A NaN or inf in a weight, in the calibration activations or in a solver's result."""
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise NonFiniteError "NaN found in <what>" (or inf) unless every entry of ``tensor`` is finite."""
+    if tensor.numel() == 0 or bool(torch.isfinite(tensor).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+    count = int((~torch.isfinite(tensor)).sum())
+    raise NonFiniteError(f"{kind} found in {what} ({count} of {tensor.numel()} entries are not finite); "
+                         "optimum-awp compresses finite models only, nothing was written.")
 
 
 def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any = None, model: nn.Module | None = None) -> torch.Tensor:
@@ -338,8 +353,13 @@ def compress(
         for name, inputs in stats.items():
             linear = model.get_submodule(name)
             tic = time.perf_counter()
+            check_finite(inputs.mean_abs, f"the calibration activations at the input of {name}")
+            check_finite(inputs.covariance, f"the input statistics of {name}")
             layer_stats = LayerStats(inputs.covariance, inputs.mean_abs, inputs.nsamples)
             result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, options)
+            for part in ("weight", "scales"):
+                if getattr(result, part) is not None:
+                    check_finite(getattr(result, part), f"the {part} {config.method} computed for {name}")
             linear.weight.data.copy_(result.weight.to(linear.weight.dtype))
             seconds = time.perf_counter() - tic
             report.layers.append(LayerReport(name, tuple(linear.weight.shape), result.objective,

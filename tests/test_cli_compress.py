@@ -143,3 +143,31 @@ def test_a_declared_option_reaches_the_flag_the_config_and_the_card(files, tmp_p
     assert code == 2
     assert "['per_row'] is not an option of method 'wanda'" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--device", "tpu9"], "is not a torch device"),
+    (["--push-to-hub", "a/b/c"], "is not a Hub repo id"),
+    (["--push-to-hub", "name-only"], "give ORG/NAME"),
+    (["--damping", "inf"], "AWPConfig.damping must be a finite float >= 0, got inf"),
+    (["--method", "rtn", "--sparsity", "0.5"], "method 'rtn' does not do pruning alone"),
+    (["--method", "wanda", "--sparsity", "none", "--bits", "4"], "method 'wanda' does not do INT4 alone"),
+    (["--method", "wanda", "--step", "diagonal"], "['step'] is not an option of method 'wanda'"),
+])
+def test_compress_refuses_before_loading(extra, message, tmp_path, capsys):
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = cli.main(["compress", str(tmp_path / "does-not-exist"), "-o", str(tmp_path / "out"),
+                     "--sparsity", "2:4", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_under_a_file_is_refused_before_loading(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = cli.main(["compress", str(tmp_path / "missing"), "-o", str(tmp_path / "file" / "out"), "--sparsity", "2:4"])
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err

@@ -197,3 +197,22 @@ def test_pack_swaps_in_awp_linear_and_keeps_outputs():
     # the reference path dequantizes exactly; the bf16 CPU kernel is checked against it in tests/nn
     with torch.no_grad(), use_backend("reference"):
         torch.testing.assert_close(packed(token_ids()).logits, dense(token_ids()).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["weight", "activations"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_named_with_their_module(where, value):
+    model = tiny_llama()
+    with torch.no_grad():
+        if where == "weight":
+            model.model.layers[1].mlp.down_proj.weight[3, 5] = value
+        else:  # the norm before block 1's attention: the input of q/k/v
+            model.model.layers[1].input_layernorm.weight[7] = value
+    kind = "NaN" if value != value else "inf"
+    name = "model.layers.1.mlp.down_proj" if where == "weight" else "model.layers.1.self_attn.q_proj"
+    place = f"the weight of {name}" if where == "weight" else f"at the input of {name}"
+    with pytest.raises(ValueError, match=rf"(NaN|inf) found in .*{place}") as err:
+        compress(model, AWPConfig(method="rtn", bits=4), token_ids(), progress=False)
+    if where == "weight":
+        assert err.value.args[0].startswith(f"{kind} found")
+    assert getattr(model, "hf_quantizer", None) is None

@@ -208,3 +208,40 @@ def prompt_ids(tokenizer, source, tokens: int, add_bos: bool, device):
 
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     return torch.tensor([bos + eval_tokens(tokenizer, source)[:tokens].tolist()], device=device)
+
+
+def check_before_work(args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, what would fail after the compression: a device torch cannot use,
+    an output folder that cannot be written, a Hub repo id that is not one."""
+    import os
+
+    import torch
+
+    from ..hub import check_save_directory
+
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            raise ValueError(f"--device {args.device!r} is not a torch device ({err}).") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device!r}: CUDA is not available on this machine (use cpu).")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device!r}: this machine has {torch.cuda.device_count()} CUDA devices.")
+    target = check_save_directory(args.output)
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output {str(target)!r}: {str(existing)!r} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {str(target)!r}: {str(existing)!r} is not writable.")
+    repo_id = getattr(args, "push_to_hub", None)
+    if repo_id:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {err}") from None
+        if "/" not in repo_id:
+            raise ValueError(f"--push-to-hub {repo_id!r}: give ORG/NAME, the organisation or user included.")
+

@@ -11,6 +11,7 @@ from .arguments import (
     add_runtime_arguments,
     add_text_argument,
     apply_threads,
+    check_before_work,
     config_from_args,
     describe_model,
     eval_kwargs,
@@ -43,10 +44,10 @@ def run_compress(args: argparse.Namespace) -> int:
     from ..compress import compress
     from ..data import EMBEDDED_MODEL_DESCRIPTION, describe_source
     from ..evaluate import load_model, model_sizes, perplexity
-    from ..hub import check_save_directory, push_to_hub, save_pretrained
+    from ..hub import push_to_hub, save_pretrained
 
     config = config_from_args(args)  # validated before anything is loaded
-    check_save_directory(args.output)
+    check_before_work(args)
     apply_threads(args)
     print_settings({"model": describe_model(args.model), "method": f"{config.method}, sparsity={config.sparsity}, "
                     f"bits={config.bits}, group_size={config.group_size}, symmetric={config.symmetric}",

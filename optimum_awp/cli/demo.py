@@ -23,6 +23,7 @@ from .arguments import (
     add_runtime_arguments,
     add_text_argument,
     apply_threads,
+    check_before_work,
     config_from_args,
     describe_model,
     eval_kwargs,
@@ -134,11 +135,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..compress import compress
     from ..data import describe_source, embedded_model
     from ..evaluate import checkpoint_bytes, load_model, model_sizes
-    from ..hub import check_save_directory, save_pretrained
+    from ..hub import save_pretrained
 
     started = time.perf_counter()
     config = config_from_args(args)  # validated before any work
-    check_save_directory(args.output)
+    check_before_work(args)
     apply_threads(args)
     print("== 1/5 the model and the text (converted once, then cached)")
     model_path = args.model or embedded_model()
