@@ -247,7 +247,7 @@ def results_table(data: dict) -> list[str]:
     runs = data["runs"]
     dense = runs.get("dense")
     lines = [
-        f"| Setting | Method | Perplexity | × dense | Mean layer objective | Compression time (s) |",
+        "| Setting | Method | Perplexity | × dense | Mean layer objective | Compression time (s) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     if dense:
