@@ -32,6 +32,7 @@ from .calibration import (
     walk_blocks,
 )  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
+from .data import dataset_kind
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
 logger = logging.getLogger(__name__)
@@ -163,27 +164,27 @@ def calibration_ids(data: Any, config: AWPConfig, tokenizer: Any = None, model: 
     ``tokenizer``: a tokenizer, a name or path to load one from, or None for the model's own.
     """
     source = data if data is not None else config.dataset
-    if isinstance(source, (list, tuple)) and source and all(isinstance(row, (list, tuple)) for row in source):
+    kind = dataset_kind(source)
+    if kind == "ids" and isinstance(source, (list, tuple)):
         if len({len(row) for row in source}) != 1:
             raise ValueError("data as lists of token ids must have one length (seqlen) for every sample.")
         source = torch.tensor(source, dtype=torch.long)
-    if isinstance(source, torch.Tensor):
-        if source.dim() != 2 or source.dtype.is_floating_point or source.dtype == torch.bool or source.shape[1] < 2:
+    if kind == "ids" or isinstance(source, torch.Tensor):
+        if kind != "ids" or source.shape[1] < 2:
             raise ValueError(
                 f"data as a tensor must be integer token ids of shape (nsamples, seqlen >= 2), got "
                 f"dtype {source.dtype} and shape {tuple(source.shape)}."
             )
         _check_vocabulary(source, model)
         return source.long()
-    is_texts = isinstance(source, (list, tuple)) and source and all(isinstance(t, str) for t in source)
-    if not (is_texts or (isinstance(source, str) and source.strip())):
+    if kind is None:
         raise ValueError(
             f"data must be token ids (nsamples, seqlen), a list of strings, or None to use AWPConfig.dataset "
             f"(a source name or path); got {type(source).__name__}."
         )
     from .data import calibration_samples
 
-    source = list(source) if is_texts else source
+    source = list(source) if kind == "texts" else source
     ids = calibration_samples(text_tokenizer(tokenizer, model), source=source, nsamples=config.nsamples,
                               seqlen=config.seqlen, seed=config.seed)
     _check_vocabulary(ids, model)

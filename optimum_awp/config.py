@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .data import dataset_kind
 from .solvers import SOLVERS, get_solver
 from .solvers.options import OptionSpec
 
@@ -153,21 +154,11 @@ class AWPConfig(QuantizationConfigMixin):
 
     def _check_dataset(self) -> None:
         value = self.dataset
-        if value is None:
+        if value is None or dataset_kind(value) is not None:
             return
-        if isinstance(value, str):
-            _check(bool(value.strip()), "dataset", value, "a non-empty source name or path")
-            return
-        if hasattr(value, "dim") and hasattr(value, "is_floating_point"):  # a tensor of token ids
-            ok = value.dim() == 2 and not value.is_floating_point() and value.numel() > 0
-            _check(ok, "dataset", f"tensor{tuple(value.shape)} {value.dtype}",
-                   "an integer tensor of token ids with shape (nsamples, seqlen)")
-            return
-        ok = isinstance(value, (list, tuple)) and len(value) > 0 and (
-            all(isinstance(v, str) for v in value)
-            or all(isinstance(v, (list, tuple)) and v and all(_is_int(t) for t in v) for v in value))
-        _check(ok, "dataset", value if not isinstance(value, (list, tuple)) else f"{type(value).__name__} of "
-               f"{len(value)} items", "a source name, a path, a non-empty list of strings, or token ids "
+        shown = (f"tensor{tuple(value.shape)} {value.dtype}" if hasattr(value, "dim")
+                 else f"{type(value).__name__} of {len(value)} items" if isinstance(value, (list, tuple)) else value)
+        _check(False, "dataset", shown, "a source name, a path, a non-empty list of strings, or token ids "
                "(an integer tensor (nsamples, seqlen) or a list of lists of ints)")
 
     def _check_sparsity(self) -> None:

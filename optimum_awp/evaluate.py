@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DEFAULT_SOURCE, embedded_model, eval_tokens
+from .data import DEFAULT_SOURCE, bos_windows, embedded_model, eval_tokens
 from .nn import AWPLinear
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,7 @@ def make_windows(tokens: torch.Tensor, seqlen: int, bos_token_id: int | None, nw
     count = available if nwindows is None else min(nwindows, available)
     if nwindows is not None and nwindows > available:
         logger.warning("nwindows=%d asked, but the text holds only %d windows of %d tokens", nwindows, available, seqlen)
-    windows = tokens[: count * body].view(count, body)
-    if bos_token_id is not None:
-        windows = torch.cat([torch.full((count, 1), bos_token_id, dtype=tokens.dtype), windows], dim=1)
-    return windows
+    return bos_windows(tokens, torch.arange(count) * body, body, bos_token_id)
 
 
 def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
