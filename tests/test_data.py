@@ -58,6 +58,30 @@ def test_bad_sources_and_splits_raise():
         data.load_text(["x"], "train")
     with pytest.raises(ValueError, match="non-empty list of strings"):
         data.load_text([])
+
+
+def test_a_binary_file_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=r"weights.bin' is not UTF-8 text \(byte 128"):
+        data.load_text(path, "calibration")
+
+
+@pytest.mark.parametrize("value,kind", [
+    ("wikipedia-gensim", "source"), ("  ", None), (["a", "b"], "texts"), ([], None), ([[1, 2], [3, 4]], "ids"),
+    ([[1, 2], []], None), ([[1, True]], None), (torch.zeros(2, 3, dtype=torch.long), "ids"),
+    (torch.zeros(2, 3), None), (torch.zeros(3, dtype=torch.long), None), (torch.zeros(2, 3, dtype=torch.bool), None),
+    (42, None), (["a", 1], None),
+])
+def test_dataset_kind(value, kind):
+    assert data.dataset_kind(value) == kind
+
+
+def test_bos_windows():
+    tokens = torch.arange(10, 20)
+    windows = data.bos_windows(tokens, torch.tensor([0, 5]), 3, 1)
+    assert windows.tolist() == [[1, 10, 11, 12], [1, 15, 16, 17]]
+    assert data.bos_windows(tokens, torch.tensor([2]), 2, None).tolist() == [[12, 13]]
     with pytest.raises(ValueError, match="non-empty list of strings"):
         data.load_text(["ok", 3])
 

@@ -102,7 +102,11 @@ def load_text(source: str | os.PathLike | list[str] = DEFAULT_SOURCE, split: str
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
-            return [path.read_text(encoding="utf-8")]
+            try:
+                return [path.read_text(encoding="utf-8")]
+            except UnicodeDecodeError as err:
+                raise ValueError(f"dataset file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                                 "give a UTF-8 text file") from None
         raise _unknown_source(str(source))
     raise ValueError(f"dataset of type {type(source).__name__} is not supported; pass a name, a path or a list of strings")
 
