@@ -36,8 +36,8 @@ from .nn import AWPLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PerplexityResult", "checkpoint_bytes", "generation_speed", "load_model", "model_sizes", "perplexity",
-           "perplexity_of_tokens", "resolve_dtype"]
+__all__ = ["PerplexityResult", "checkpoint_bytes", "decode_speed", "generation_speed", "interleaved_decode_speed",
+           "load_model", "model_sizes", "perplexity", "perplexity_of_tokens", "resolve_dtype"]
 
 # Floats of logits computed at once: 2**26 float32 = 256 MiB (256 positions of a 262k vocabulary).
 LOGIT_CHUNK_ELEMENTS = 2**26
@@ -354,3 +354,31 @@ def generation_speed(model, prompt: torch.Tensor, new_tokens: int, repeats: int)
             seconds = time.perf_counter() - start - prompt.shape[1] / prefill[-1]
             decode.append((out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9))
     return statistics.median(prefill), statistics.median(decode)
+
+
+def decode_speed(model, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Greedy decode tokens/s of one generation of ``new_tokens`` after ``prompt`` (1, tokens): the generation's
+    time less that of one forward on the prompt (the prefill)."""
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(prompt)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        seconds = time.perf_counter() - start - prefill
+    return (out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9)
+
+
+def interleaved_decode_speed(models: dict, prompt: torch.Tensor, new_tokens: int, repeats: int
+                             ) -> tuple[dict[str, float], tuple[float, float]]:
+    """Best-of-``repeats`` greedy decode tokens/s of each model, the models taking turns in every round (so a
+    change of machine load hits them alike), after one warm-up generation each (kernel layouts are built on the
+    first forward). Returns ({name: tokens/s}, (1-minute load average before, after))."""
+    before = os.getloadavg()[0]
+    for model in models.values():
+        decode_speed(model, prompt, 2)
+    best = {name: 0.0 for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            best[name] = max(best[name], decode_speed(model, prompt, new_tokens))
+    return best, (before, os.getloadavg()[0])

@@ -60,6 +60,7 @@ def test_demo_defaults():
     assert (args.seqlen, args.nwindows, args.dataset, args.add_bos) == (512, 32, "wikipedia-gensim", True)
     assert (args.method, args.sparsity, args.bits, args.group_size) == ("awp", "2:4", 4, 128)
     assert (args.nsamples, args.calib_seqlen, args.model) == (32, 512, None)
+    assert (args.also, args.dtype, args.repeats) == ("int4", "bfloat16", 3)
     assert args._run is cli.run_demo
 
 

@@ -94,24 +94,30 @@ def test_compress_push_to_hub(files, tmp_path):
 
 def test_demo_runs_the_main_job_end_to_end(files, tmp_path, capsys):
     dense, text = files
-    out = tmp_path / "demo"
-    code = cli.main(["demo", "--model", str(dense), "-o", str(out), "--dataset", str(text), "--nsamples", "4",
-                     "--calib-seqlen", "16", "--seqlen", "16", "--nwindows", "4", "--new-tokens", "4",
+    out, also = tmp_path / "demo", tmp_path / "demo-int4"
+    code = cli.main(["demo", "--model", str(dense), "-o", str(out), "--also-output", str(also), "--dataset", str(text),
+                     "--nsamples", "4", "--calib-seqlen", "16", "--seqlen", "16", "--nwindows", "4", "--new-tokens", "4",
                      "--repeats", "1", "--max-iterations", "5", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     for step in ("== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5"):
         assert step in printed
-    assert "compressed 14 linears" in printed and "14 packed linears" in printed
-    assert "greedy tokens of the reloaded model equal the in-memory model's" in printed
+    assert printed.count("compressed 14 linears") == 2 and printed.count("14 packed linears") == 2
+    assert printed.count("greedy tokens of the reloaded model equal the in-memory model's") == 2
+    assert "load average" in printed and "dense:" in printed  # the dense continuation beside the compressed ones
     table = [line for line in printed.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| model | perplexity |") and len(table) == 3
-    assert table[2].startswith("| awp 2:4 + INT4 g128 |")
-    assert isinstance(AutoModelForCausalLM.from_pretrained(out).get_submodule("model.layers.0.mlp.up_proj"), AWPLinear)
+    assert table[0].startswith("| model | perplexity |") and len(table) == 4
+    assert table[1].startswith("| dense (bfloat16) |")
+    assert table[2].startswith("| awp 2:4 + INT4 g128 |") and table[3].startswith("| awp INT4 g128 |")
+    for folder in (out, also):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert isinstance(model.get_submodule("model.layers.0.mlp.up_proj"), AWPLinear)
+    assert AutoModelForCausalLM.from_pretrained(also).config.quantization_config.sparsity is None
 
 
 def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys):
-    code = cli.main(["demo", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "--sparsity", "1.5"])
+    code = cli.main(["demo", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "out"),
+                     "--also-output", str(tmp_path / "also"), "--sparsity", "1.5"])
     assert code == 2
     assert "AWPConfig.sparsity" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -1,18 +1,23 @@
 """``optimum-awp demo``: the whole product on the embedded Gemma-3-270M and Wikipedia (gensim sample).
 
-1. prepare the embedded model and text (converted once, then cached);
-2. dense perplexity and decode speed;
-3. compress with ``--method`` (AWP 2:4 + INT4 g128 by default) on the calibration part;
-4. compressed perplexity and speed, then save (packed tensors, model card) to ``--output``;
-5. reload the folder with ``pipeline("text-generation", ...)`` (nothing recompressed), check it generates
-   the in-memory model's greedy tokens, and generate a few sentences;
+1. prepare the embedded model and text (converted once, then cached), load the dense model in bfloat16
+   (the dtype a model is served in);
+2. the dense perplexity;
+3. compress a copy with the main setting (``--method``, AWP 2:4 + INT4 g128 by default), and another copy with
+   the setting a user would ship on a model this small (``--also``, INT4 g128 alone by default), on the
+   calibration part; perplexity of each; save each (packed tensors, model card);
+4. greedy decode speed of the dense and the compressed models, measured interleaved (the models take turns, best
+   of ``--repeats``), with the load average before and after and a warning when the machine is busy;
+5. reload each folder with ``pipeline("text-generation", ...)`` (nothing recompressed), check it generates the
+   in-memory model's greedy tokens, and print the dense and the compressed continuations of the same prompts;
 
-then print a table of perplexity, sizes, speed and times.
+then print one table of perplexity, whole-model size in memory and on disk, decode speed and time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,12 +35,16 @@ from .arguments import (
     positive_int,
     print_settings,
     prompt_ids,
-)  # fmt: skip
+)
 from .registry import register_command
 
 DEMO_OUTPUT = "out/gemma-3-270m-awp-2of4-int4"
+ALSO_OUTPUT = "out/gemma-3-270m-awp-int4"
 DEMO_PROMPTS = ("The history of the city begins", "In mathematics, a prime number is", "The river flows")
-TABLE_HEADS = ("model", "perplexity", "x dense", "block linears", "whole model", "on disk", "decode tokens/s", "time")
+TABLE_HEADS = ("model", "perplexity", "x dense", "whole model", "on disk", "decode tokens/s", "time")
+# The second setting: (sparsity, bits) replacing the main one's, same method and options.
+ALSO = {"int4": (None, 4), "2:4": ("2:4", None), "none": None}
+BUSY_LOAD = 1.5  # load average above which the speed figures are marked unreliable (2 cores)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,15 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dense checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", default=DEMO_OUTPUT, help="folder for the compressed checkpoint (default: %(default)s)")
+    parser.add_argument("--also", choices=sorted(ALSO), default="int4",
+                        help="a second setting compressed side by side with the same method: INT4 alone, 2:4 alone, "
+                        "or none (default: %(default)s)")
+    parser.add_argument("--also-output", default=ALSO_OUTPUT, help="folder for the second checkpoint (default: %(default)s)")
     add_text_argument(parser)
     # 32 x 512 calibration tokens: the papers use 128 x 2048, which takes hours on a 2-core CPU
     add_compression_arguments(parser, sparsity="2:4", bits=4, nsamples=32, calib_seqlen=512)
     add_evaluation_arguments(parser, seqlen=512, nwindows=32)
     speed = parser.add_argument_group("speed")
     speed.add_argument("--new-tokens", type=positive_int, default=32, help="greedy tokens per speed run and per sample (default: %(default)s)")
-    speed.add_argument("--repeats", type=positive_int, default=2, help="speed runs; the median is reported (default: %(default)s)")
+    speed.add_argument("--repeats", type=positive_int, default=3, help="interleaved speed runs per model; the best is reported (default: %(default)s)")
     add_progress_argument(parser)
     add_runtime_arguments(parser)
+    parser.set_defaults(dtype="bfloat16")
 
 
 def prepare_text(model_path, source) -> None:
@@ -68,17 +82,6 @@ def prepare_text(model_path, source) -> None:
         print(f"{describe_source(source)}, {split} part: {len(texts)} texts, {tokens:,} tokens")
 
 
-def measure(model, tokenizer, args, prompt) -> dict[str, object]:
-    """Perplexity on the evaluation part and greedy decode speed of ``model``."""
-    from ..evaluate import generation_speed, perplexity
-
-    result = perplexity(model, tokenizer, args.dataset, **eval_kwargs(args))
-    _, decode = generation_speed(model, prompt, args.new_tokens, args.repeats)
-    print(f"perplexity {result.ppl:.4f} over {result.tokens:,} tokens ({result.windows} windows of {result.seqlen}, "
-          f"{result.seconds:.1f} s); decode {decode:.2f} tokens/s")
-    return {"ppl": result.ppl, "eval_seconds": result.seconds, "decode": decode, "result": result}
-
-
 def short_label(config) -> str:
     """E.g. "awp 2:4 + INT4 g128", "wanda 50%", "rtn INT4 g128"."""
     parts = [config.method]
@@ -89,8 +92,8 @@ def short_label(config) -> str:
     return " ".join(parts)
 
 
-def mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:,.1f} MiB"
+def mib(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB"
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
@@ -100,8 +103,18 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def reload_with_pipeline(folder: Path, model, tokenizer, args, device) -> bool:
-    """Step 5: ``pipeline`` on the saved folder; True when its greedy tokens equal the in-memory model's."""
+def configs(args: argparse.Namespace) -> list[tuple[object, str]]:
+    """(AWPConfig, output folder) of the main setting and of ``--also``, validated before any work."""
+    main = config_from_args(args)
+    out = [(main, args.output)]
+    also = ALSO[args.also]
+    if also is not None and also != (main.sparsity, main.bits):
+        out.append((main.replace(sparsity=also[0], bits=also[1]), args.also_output))
+    return out
+
+
+def reload_and_check(folder: Path, model, tokenizer, args, device) -> tuple[bool, object]:
+    """``pipeline`` on the saved folder: (its greedy tokens equal the in-memory model's, the pipeline)."""
     import torch
     from transformers import pipeline
 
@@ -111,86 +124,120 @@ def reload_with_pipeline(folder: Path, model, tokenizer, args, device) -> bool:
     tic = time.perf_counter()
     generator = pipeline("text-generation", model=str(folder), device=args.device)
     packed = sum(isinstance(m, AWPLinear) for m in generator.model.modules())
-    print(f"loaded in {time.perf_counter() - tic:.1f} s: {packed} packed linears ({config_summary(generator.model)})")
+    print(f"{folder}: loaded in {time.perf_counter() - tic:.1f} s, {packed} packed linears "
+          f"({config_summary(generator.model)})")
     greedy = dict(max_new_tokens=args.new_tokens, do_sample=False)
     with torch.inference_mode():
         expected = model.generate(**tokenizer(DEMO_PROMPTS[0], return_tensors="pt").to(device), **greedy)
     reloaded = generator(DEMO_PROMPTS[0], return_tensors=True, **greedy)[0]["generated_token_ids"]
     same = list(reloaded) == expected[0].tolist()
-    print(f"greedy tokens of the reloaded model {'equal' if same else 'DIFFER FROM'} the in-memory model's")
-    for text in DEMO_PROMPTS:
-        print(f"  > {generator(text, **greedy)[0]['generated_text']!r}")
-    return same
+    print(f"  greedy tokens of the reloaded model {'equal' if same else 'DIFFER FROM'} the in-memory model's")
+    return same, generator
+
+
+def continuation(generate, text: str, new_tokens: int) -> str:
+    return generate(text, max_new_tokens=new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
 
 
 @register_command(
     "demo",
-    "the main job on the embedded defaults: evaluate, compress (AWP 2:4 + INT4), evaluate, save, reload with pipeline",
+    "the main job on the embedded defaults: dense bf16 vs AWP 2:4 + INT4 and INT4, side by side (perplexity, size, "
+    "speed), saved and reloaded with pipeline",
     add_arguments,
 )
 def run_demo(args: argparse.Namespace) -> int:
     """Run the five steps of the module docstring and print the table."""
     import torch
+    from transformers import pipeline
 
     from ..compress import compress
     from ..data import describe_source, embedded_model
-    from ..evaluate import checkpoint_bytes, load_model, model_sizes
-    from ..hub import save_pretrained
+    from ..evaluate import (
+        checkpoint_bytes,
+        interleaved_decode_speed,
+        load_model,
+        model_sizes,
+        perplexity,
+    )
+    from ..hub import check_save_directory, save_pretrained
 
     started = time.perf_counter()
-    config = config_from_args(args)  # validated before any work
+    settings = configs(args)  # validated before any work
     check_before_work(args)
+    for _, folder in settings[1:]:
+        check_save_directory(folder)
     apply_threads(args)
     print("== 1/5 the model and the text (converted once, then cached)")
     model_path = args.model or embedded_model()
     print_settings({"model": describe_model(args.model)})
     prepare_text(model_path, args.dataset)
-    model, tokenizer = load_model(model_path, dtype=args.dtype, device=args.device)
-    device = next(model.parameters()).device
-    prompt = prompt_ids(tokenizer, args.dataset, 128, args.add_bos, device)
-    print(f"prepared in {time.perf_counter() - started:.1f} s; {model.dtype}, {torch.get_num_threads()} threads")
+    dense, tokenizer = load_model(model_path, dtype=args.dtype, device=args.device)
+    device = next(dense.parameters()).device
+    print(f"prepared in {time.perf_counter() - started:.1f} s; {dense.dtype}, {torch.get_num_threads()} threads")
 
     print("== 2/5 dense baseline")
-    dense = measure(model, tokenizer, args, prompt)
-    dense_sizes = model_sizes(model)
-    dense_dtype = str(model.dtype).removeprefix("torch.")
+    rows = {"dense": {"model": f"dense ({str(dense.dtype).removeprefix('torch.')})"}}
+    result = perplexity(dense, tokenizer, args.dataset, **eval_kwargs(args))
+    print(f"perplexity {result.ppl:.4f} over {result.tokens:,} tokens ({result.windows} windows of {result.seqlen})")
+    # what the dense model in its dtype takes, and would take as safetensors (the embedded checkpoint on disk is
+    # float32: it is not the baseline)
+    dense_bytes = dense_disk = model_sizes(dense)["compressed"]
+    rows["dense"].update({"ppl": result.ppl, "bytes": dense_bytes, "disk": dense_disk, "time": f"eval {result.seconds:.0f} s"})
+    models, folders = {"dense": dense}, {}
 
-    print(f"== 3/5 compressing: {config.method}, sparsity {config.sparsity}, bits {config.bits}, group {config.group_size}; "
-          f"calibration {config.nsamples} x {config.seqlen} tokens of {describe_source(args.dataset)}")
-    report = compress(model, config, tokenizer=tokenizer, device=args.device, progress=args.progress)
-    print(f"compressed {len(report.layers)} linears in {report.seconds:.1f} s "
-          f"(mean relative layer objective {report.mean_objective:.5f}); kept dense: {', '.join(report.skipped) or '-'}")
+    print(f"== 3/5 compressing on {settings[0][0].nsamples} x {settings[0][0].seqlen} calibration tokens of "
+          f"{describe_source(args.dataset)}")
+    for config, output in settings:
+        label = short_label(config)
+        model, _ = load_model(model_path, dtype=args.dtype, device=args.device)
+        report = compress(model, config, tokenizer=tokenizer, device=args.device, progress=args.progress)
+        print(f"{label}: compressed {len(report.layers)} linears in {report.seconds:.1f} s "
+              f"(mean relative layer objective {report.mean_objective:.5f}); kept dense: {', '.join(report.skipped) or '-'}")
+        after = perplexity(model, tokenizer, args.dataset, **eval_kwargs(args))
+        print(f"{label}: perplexity {after.ppl:.4f}")
+        folders[label] = save_pretrained(
+            model, output, tokenizer=tokenizer, base_model=args.model or "google/gemma-3-270m (dequantized Q4_K_M GGUF)",
+            perplexity={"before": result.ppl, "after": after.ppl}, calibration=describe_source(args.dataset),
+            eval_settings={"text": f"{describe_source(args.dataset)}, evaluation part", "seqlen": after.seqlen,
+                           "windows": after.windows, "tokens": after.tokens},
+        )  # fmt: skip
+        print(f"{label}: saved to {folders[label]}")
+        models[label] = model
+        rows[label] = {"model": label, "ppl": after.ppl, "bytes": model_sizes(model)["compressed"],
+                       "disk": checkpoint_bytes(folders[label]),
+                       "time": f"compress {report.seconds:.0f} s, eval {after.seconds:.0f} s"}
 
-    print("== 4/5 compressed model, then save")
-    after = measure(model, tokenizer, args, prompt)
-    sizes = model_sizes(model)
-    result = after["result"]
-    folder = save_pretrained(
-        model, args.output, tokenizer=tokenizer, base_model=args.model or "google/gemma-3-270m (dequantized Q4_K_M GGUF)",
-        perplexity={"before": dense["ppl"], "after": after["ppl"]}, calibration=describe_source(args.dataset),
-        eval_settings={"text": f"{describe_source(args.dataset)}, evaluation part", "seqlen": result.seqlen,
-                       "windows": result.windows, "tokens": result.tokens},
-    )  # fmt: skip
-    on_disk, dense_on_disk = checkpoint_bytes(folder), checkpoint_bytes(model_path)
-    print(f"saved to {folder} ({mib(on_disk)} of safetensors)")
+    print(f"== 4/5 greedy decode speed, {args.new_tokens} tokens, the models taking turns, best of {args.repeats}")
+    prompt = prompt_ids(tokenizer, args.dataset, 128, args.add_bos, device)
+    speeds, loads = interleaved_decode_speed(models, prompt, args.new_tokens, args.repeats)
+    busy = max(loads) > BUSY_LOAD
+    print(f"load average {loads[0]:.2f} before, {loads[1]:.2f} after"
+          + (f": WARNING, the machine is busy (> {BUSY_LOAD}), the speeds are not reliable" if busy else ""))
 
-    print(f"== 5/5 pipeline('text-generation', model={str(folder)!r}): rebuilt from the packed tensors")
-    same = reload_with_pipeline(folder, model, tokenizer, args, device)
+    print("== 5/5 reload with pipeline('text-generation', model=FOLDER): rebuilt from the packed tensors")
+    generators, same = {"dense": pipeline("text-generation", model=dense, tokenizer=tokenizer)}, True
+    for label, folder in folders.items():
+        ok, generators[label] = reload_and_check(folder, models[label], tokenizer, args, device)
+        same &= ok
+    for text in DEMO_PROMPTS:
+        print(f"  {text!r}")
+        for label, generate in generators.items():
+            print(f"    {label + ':':<22} {continuation(generate, text, args.new_tokens)!r}")
 
-    rows = [
-        {"model": f"dense ({dense_dtype})",
-         "perplexity": f"{dense['ppl']:.3f}", "x dense": "1.00",
-         "block linears": mib(sizes["linears_dense"]), "whole model": mib(dense_sizes["compressed"]),
-         "on disk": mib(dense_on_disk) if dense_on_disk else "(Hub)", "decode tokens/s": f"{dense['decode']:.2f}",
-         "time": f"eval {dense['eval_seconds']:.0f} s"},
-        {"model": short_label(config), "perplexity": f"{after['ppl']:.3f}", "x dense": f"{after['ppl'] / dense['ppl']:.2f}",
-         "block linears": f"{mib(sizes['linears_compressed'])} ({sizes['linears_compressed'] / sizes['linears_dense']:.1%})",
-         "whole model": f"{mib(sizes['compressed'])} ({sizes['compressed'] / dense_sizes['compressed']:.1%})",
-         "on disk": f"{mib(on_disk)}" + (f" ({on_disk / dense_on_disk:.1%})" if dense_on_disk else ""),
-         "decode tokens/s": f"{after['decode']:.2f} ({after['decode'] / dense['decode']:.2f}x)",
-         "time": f"compress {report.seconds:.0f} s, eval {after['eval_seconds']:.0f} s"},
-    ]  # fmt: skip
+    table = []
+    for label, row in rows.items():
+        table.append({
+            "model": row["model"], "perplexity": f"{row['ppl']:.3f}", "x dense": f"{row['ppl'] / rows['dense']['ppl']:.2f}",
+            "whole model": mib(row["bytes"]) + (f" ({row['bytes'] / dense_bytes:.1%})" if label != "dense" else ""),
+            "on disk": mib(row["disk"]) + (f" ({row['disk'] / dense_disk:.1%})" if label != "dense" and dense_disk
+                                           and row["disk"] else ""),
+            "decode tokens/s": f"{speeds[label]:.2f}" + (f" ({speeds[label] / speeds['dense']:.2f}x)" if label != "dense" else ""),
+            "time": row["time"],
+        })  # fmt: skip
     print()
-    print(markdown_table(rows))
-    print(f"\ndemo wall time: {time.perf_counter() - started:.1f} s; the checkpoint is in {folder}")
+    print(markdown_table(table))
+    print(f"(dense on disk: its weights in {str(dense.dtype).removeprefix('torch.')}; decode speeds "
+          f"interleaved, best of {args.repeats}, load average {loads[0]:.2f} -> {loads[1]:.2f}"
+          f"{', BUSY' if busy else ''}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads)")
+    print(f"\ndemo wall time: {time.perf_counter() - started:.1f} s; the checkpoints are in {', '.join(map(str, folders.values()))}")
     return 0 if same else 1
