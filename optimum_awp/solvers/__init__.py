@@ -4,7 +4,7 @@ Importing this package registers every solver: "magnitude", "wanda", "rtn", "spa
 "gptq", "awq" and "awp".
 """
 
-from . import awp, awq, gptq, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
+from . import alps, awp, awq, gptq, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
 from .awq import AWQResult
 from .base import (
     SOLVERS,

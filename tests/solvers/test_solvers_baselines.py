@@ -11,7 +11,7 @@ from optimum_awp.solvers import (
     wanda_scores,
 )
 
-ALL = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp"]
+ALL = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp", "alps"]
 FAST_AWP = {"max_iterations": 10}
 
 
@@ -102,7 +102,7 @@ def test_solvers_do_not_mutate_inputs(method):
     assert torch.equal(weight, w) and torch.equal(stats.covariance, c)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "awp"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "awp", "alps"])
 def test_empty_spec_is_the_identity(method):
     weight, stats = correlated_problem(4, 16)
     result = get_solver(method)(weight, stats, CompressionSpec())

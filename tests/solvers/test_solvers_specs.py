@@ -6,7 +6,7 @@ from awp_solver_helpers import correlated_problem
 
 from optimum_awp.solvers import CompressionSpec, LayerStats, get_solver
 
-METHODS = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp"]
+METHODS = ["magnitude", "wanda", "rtn", "sparsegpt", "gptq", "awq", "awp", "alps"]
 
 
 def test_unknown_method_lists_known_ones():
@@ -75,6 +75,8 @@ BAD_OPTIONS = [
     ("sparsegpt", {"blocksize": 0}, "blocksize must be an int >= 1"),
     ("sparsegpt", {"damping": -1.0}, "damping must be a finite float >= 0"),
     ("awq", {"max_shrink": 1.0}, "max_shrink must be a finite float >= 0 and <= 0.99"),
+    ("alps", {"rho": 0.0}, "rho must be a finite float >= 1e-08"),
+    ("alps", {"scope": "block"}, "scope must be one of"),
 ]
 
 
