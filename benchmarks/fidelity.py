@@ -12,9 +12,25 @@ Results go to ``docs/results/fidelity.json`` after every run (``--resume`` skips
 there), and ``fidelity.md`` / ``fidelity.png`` are rewritten from the JSON. Text after the notes
 marker in the md is kept across rewrites.
 
+Any checkpoint and text: ``--model PATH|HUB_ID`` (default the embedded Gemma-3-270M) and ``--dataset
+NAME|FILE`` (default "wikipedia-gensim"; its calibration part calibrates, its evaluation part evaluates).
+
+Noise: ``--seeds N`` compresses every cell with N calibration seeds (0..N-1) and reports the mean and
+the spread; every perplexity comes with the standard error of its mean NLL over the evaluation
+windows, and the md gives paired window-by-window NLL differences of AWP against each other method.
+Evaluation windows are spread evenly over the whole evaluation split (every article), not its first
+tokens (``--first-windows`` gives the old choice).
+
+Headline mode (``--headline``): 70 %, 80 %, 2:4 and 2:4 + INT4, with Wanda, SparseGPT, ALPS and AWP,
+quick-mode sizes and 3 seeds, written to ``docs/results/fidelity_headline.{md,json,png}``. Shared by
+all runs: the model load, the calibration samples of each seed, the evaluation windows (tokenized
+once), and the dense evaluation.
+
     python benchmarks/fidelity.py --quick                 # 32 x 512 calibration, 16 x 512 eval
     python benchmarks/fidelity.py                         # 128 x 2048 calibration, all eval windows
     python benchmarks/fidelity.py --quick --settings 70% 2:4+int4 --methods wanda awp --resume
+    python benchmarks/fidelity.py --headline              # the headline table, 3 seeds
+    python benchmarks/fidelity.py --headline --seeds 1 --model ./my-model --dataset my_text.txt
 """
 
 from __future__ import annotations
@@ -38,6 +54,8 @@ from optimum_awp.cli.arguments import add_solver_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "fidelity.md"
+HEADLINE_OUT = ROOT / "docs" / "results" / "fidelity_headline.md"
+DEFAULT_DATASET = "wikipedia-gensim"
 NOTES_MARKER = "<!-- notes: text below this line is kept when benchmarks/fidelity.py rewrites the file -->"
 MODEL_NAME = "Gemma-3-270M (dequantized Q4_K_M GGUF)"
 TEXT_NAME = "Wikipedia (gensim sample)"
@@ -67,10 +85,12 @@ SETTINGS = {
     )
 }
 METHODS = {
-    "prune": ("magnitude", "wanda", "sparsegpt", "awp-paper", "awp", "awp-sparsegpt"),
+    "prune": ("magnitude", "wanda", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
     "quant": ("rtn", "awq", "gptq", "awp-paper", "awp"),
-    "joint": ("wanda", "awq", "sparsegpt", "awp-paper", "awp", "awp-sparsegpt"),
+    "joint": ("wanda", "awq", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
 }
+HEADLINE_SETTINGS = ("70%", "80%", "2:4", "2:4+int4")
+HEADLINE_METHODS = ("wanda", "sparsegpt", "alps", "awp")
 # Runs of the awp solver with settings other than AWPConfig's defaults: run name -> AWPConfig fields.
 AWP_VARIANTS = {
     # the paper's plain projected gradient: η = 1/λ_max(C), Wanda start, row top-k
@@ -80,8 +100,10 @@ AWP_VARIANTS = {
     "awp-sparsegpt": {"init": "sparsegpt", "scope": "layer"},
 }
 LABELS = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "awp": "AWP", "rtn": "RTN",
-          "awq": "AWQ", "gptq": "GPTQ", "awp-paper": "AWP (paper step)", "awp-sparsegpt": "AWP (SparseGPT start)"}
+          "awq": "AWQ", "gptq": "GPTQ", "awp-paper": "AWP (paper step)", "awp-sparsegpt": "AWP (SparseGPT start)",
+          "alps": "ALPS"}
 JOINT_LABELS = {"wanda": "Wanda + RTN", "awq": "Wanda + AWQ", "sparsegpt": "SparseGPT (joint)", "awp": "AWP (joint)",
+                "alps": "ALPS + OBS INT4",
                 "awp-paper": "AWP (joint, paper step)", "awp-sparsegpt": "AWP (joint, SparseGPT start)"}
 GROUP_SIZE = 128  # the GGUF's own 4-bit blocks are 32 wide: group 32 would flatter every 4-bit method
 
@@ -103,13 +125,27 @@ def solver_of(method: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="32 x 512 calibration tokens, 16 x 512 eval windows")
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
+    p.add_argument("--headline", action="store_true",
+                   help=f"the headline table: settings {list(HEADLINE_SETTINGS)}, methods {list(HEADLINE_METHODS)}, "
+                   f"quick-mode sizes, 3 seeds, out {HEADLINE_OUT.name}".replace("%", "%%"))
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME|FILE",
+                   help=f"text source name or text file for calibration and evaluation (default {DEFAULT_DATASET})")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="calibration seeds per cell, 0..N-1 (default 1; 3 with --headline)")
+    p.add_argument("--first-windows", action="store_true",
+                   help="evaluate the first windows of the evaluation split (the old protocol) instead of windows "
+                   "spread evenly over all of it")
+    p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), metavar="SETTING",
                    help=f"subset of {list(SETTINGS)}".replace("%", "%%"))
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="subset of the methods (default: every registered method that applies)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="skip the runs already in the JSON")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown file (JSON and PNG sit beside it)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"the markdown file, JSON and PNG beside it (default {DEFAULT_OUT.name}; {HEADLINE_OUT.name} "
+                   "with --headline)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration samples (quick 32, full 128)")
     p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (quick 512, full 2048)")
     p.add_argument("--eval-windows", type=int, default=None, help="eval windows (quick 16, full all)")
@@ -121,13 +157,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = {"nsamples": 32, "seqlen": 512, "eval_windows": 16, "eval_seqlen": 512}
     full = {"nsamples": 128, "seqlen": 2048, "eval_windows": None, "eval_seqlen": 2048}
-    defaults = quick if args.quick else full
-    args.mode = "quick" if args.quick else "full"
+    defaults = quick if (args.quick or args.headline) else full
+    args.mode = "headline" if args.headline else "quick" if args.quick else "full"
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
         elif getattr(args, key) != value:
-            args.mode = "custom"
+            args.mode = "custom" if not args.headline else "headline (custom sizes)"
+    if args.settings is None:
+        args.settings = list(HEADLINE_SETTINGS if args.headline else SETTINGS)
+    if args.methods is None and args.headline:
+        args.methods = list(HEADLINE_METHODS)
+    if args.seeds is None:
+        args.seeds = 3 if args.headline else 1
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.out is None:
+        args.out = HEADLINE_OUT if args.headline else DEFAULT_OUT
     return args
 
 
@@ -214,13 +260,16 @@ def machine() -> dict[str, str | int]:
 # Results file
 # --------------------------------------------------------------------------------------------------
 
+RESUME_KEYS = ("nsamples", "seqlen", "eval_windows", "eval_seqlen", "awp_options", "model", "text", "windows")
+META_DEFAULTS = {"model": MODEL_NAME, "text": TEXT_NAME, "windows": "first"}  # files made before these keys
+
 
 def load_results(path: Path, meta: dict, resume: bool) -> dict:
     """The JSON results; with ``resume`` its calibration/eval settings must equal ``meta``'s."""
     if resume and path.exists():
         data = json.loads(path.read_text())
-        keys = ("nsamples", "seqlen", "eval_windows", "eval_seqlen", "awp_options")
-        diff = {k: (data["meta"].get(k), meta[k]) for k in keys if data["meta"].get(k) != meta[k]}
+        old = {k: data["meta"].get(k, META_DEFAULTS.get(k)) for k in RESUME_KEYS}
+        diff = {k: (old[k], meta[k]) for k in RESUME_KEYS if old[k] != meta[k]}
         if diff:
             raise SystemExit(f"--resume: {path} was made with other settings {diff}; use another --out.")
         data["meta"].update({k: v for k, v in meta.items() if k not in ("started",)})
@@ -234,6 +283,75 @@ def save_results(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def run_key(setting: str, method: str, seed: int = 0) -> str:
+    """The JSON key of one run: "70%/awp" for calibration seed 0 (the key older files use), "70%/awp@seed1" else."""
+    return f"{setting}/{method}" if seed == 0 else f"{setting}/{method}@seed{seed}"
+
+
+def seed_runs(runs: dict, setting: str, method: str) -> list[dict]:
+    """The runs of one cell, one per calibration seed present, in seed order."""
+    found = []
+    for key, run in runs.items():
+        base, _, seed = key.partition("@seed")
+        if base == f"{setting}/{method}":
+            found.append((int(seed or 0), run))
+    return [run for _, run in sorted(found, key=lambda x: x[0])]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (setting, method) over its seeds: perplexity mean, sample standard deviation, range; SE of the NLL."""
+
+    ppls: tuple[float, ...]
+    se: float | None  # mean over seeds of the standard error of the mean NLL over windows (nats)
+    objective: float
+    seconds: float
+
+    @property
+    def n(self) -> int:
+        return len(self.ppls)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.ppls) / self.n
+
+    @property
+    def sd(self) -> float | None:
+        if self.n < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((p - m) ** 2 for p in self.ppls) / (self.n - 1))
+
+
+def cell(runs: dict, setting: str, method: str) -> Cell | None:
+    found = seed_runs(runs, setting, method)
+    if not found:
+        return None
+    ses = [r["nll_se"] for r in found if r.get("nll_se") is not None]
+    return Cell(tuple(r["ppl"] for r in found), sum(ses) / len(ses) if ses else None,
+                sum(r["mean_objective"] for r in found) / len(found),
+                sum(r["compress_seconds"] for r in found) / len(found))
+
+
+def window_stats(nlls: list[float]) -> tuple[float, float | None]:
+    """Mean of per-window NLLs and its standard error (sample sd / sqrt(windows)); equal windows weigh equally."""
+    n = len(nlls)
+    mean = sum(nlls) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in nlls) / (n - 1) / n)
+
+
+def paired(runs: dict, setting: str, a: str, b: str) -> list[tuple[float, float | None]]:
+    """Per seed: mean over windows of NLL(a) - NLL(b) on the same windows, and its paired standard error."""
+    out = []
+    for ra, rb in zip(seed_runs(runs, setting, a), seed_runs(runs, setting, b)):
+        wa, wb = ra.get("window_nlls"), rb.get("window_nlls")
+        if wa and wb and len(wa) == len(wb) and ra.get("seed", 0) == rb.get("seed", 0):
+            out.append(window_stats([x - y for x, y in zip(wa, wb)]))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Markdown and plot
 # --------------------------------------------------------------------------------------------------
@@ -243,24 +361,31 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _ppl_text(c: Cell) -> str:
+    """"97.15" for one seed, "97.15 ± 3.20" (sample sd over seeds) for several."""
+    return f"{c.mean:.3f}" if c.sd is None else f"{c.mean:.2f} ± {c.sd:.2f}"
+
+
 def results_table(data: dict) -> list[str]:
     runs = data["runs"]
     dense = runs.get("dense")
+    seeds = data["meta"].get("seeds", 1)
+    ppl_head = "Perplexity" if seeds == 1 else f"Perplexity (mean ± sd over {seeds} seeds)"
     lines = [
-        "| Setting | Method | Perplexity | × dense | Mean layer objective | Compression time (s) |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| Setting | Method | {ppl_head} | SE of mean NLL | × dense | Mean layer objective | Compression time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     if dense:
-        lines.append(f"| dense | — | {dense['ppl']:.3f} | 1.00 | 0 | — |")
+        lines.append(f"| dense | — | {dense['ppl']:.3f} | {_fmt(dense.get('nll_se'), '.4f')} | 1.00 | 0 | — |")
     for setting in SETTINGS.values():
         for method in METHODS[setting.kind]:
-            run = runs.get(f"{setting.name}/{method}")
-            if run is None:
+            c = cell(runs, setting.name, method)
+            if c is None:
                 continue
-            ratio = run["ppl"] / dense["ppl"] if dense else None
+            ratio = c.mean / dense["ppl"] if dense else None
             lines.append(
-                f"| {setting.name} | {label(method, setting)} | {run['ppl']:.3f} | {_fmt(ratio, '.2f')} | "
-                f"{_fmt(run['mean_objective'], '.4f')} | {run['compress_seconds']:.1f} |"
+                f"| {setting.name} | {label(method, setting)} | {_ppl_text(c)} | {_fmt(c.se, '.4f')} | "
+                f"{_fmt(ratio, '.2f')} | {_fmt(c.objective, '.4f')} | {c.seconds:.1f} |"
             )
     return lines
 
@@ -270,8 +395,8 @@ def target_lines(data: dict) -> list[str]:
     runs = data["runs"]
 
     def ppl(setting: str, method: str) -> float | None:
-        run = runs.get(f"{setting}/{method}")
-        return run["ppl"] if run else None
+        c = cell(runs, setting, method)
+        return c.mean if c else None
 
     out = []
     for setting in SETTINGS.values():
@@ -300,43 +425,26 @@ def target_lines(data: dict) -> list[str]:
     return out or ["- no AWP run yet"]
 
 
-def write_markdown(path: Path, data: dict, png: Path | None) -> None:
+def settings_lines(data: dict) -> list[str]:
     meta = data["meta"]
-    notes = ""
-    if path.exists():
-        text = path.read_text()
-        if NOTES_MARKER in text:
-            notes = text.split(NOTES_MARKER, 1)[1].strip("\n")
     dates = sorted(r["date"] for r in data["runs"].values() if "date" in r)
     mach = meta["machine"]
     eval_windows = meta.get("eval_windows_run") or meta["eval_windows"] or "all"
     opts = ", ".join(f"{k}={v}" for k, v in meta["awp_options"].items())
-    lines = [
-        "# Fidelity: perplexity after compression",
-        "",
-        f"{MODEL_NAME}, perplexity on the held-out part of {TEXT_NAME} (lower is better). Every method "
-        "compresses every linear layer of the 18 decoder blocks, block by block on the outputs of the "
-        "blocks already compressed; embeddings and the tied lm_head stay dense. INT4 is group 128, "
-        "symmetric. The mean layer objective is the mean over layers of tr(ΔCΔᵀ)/tr(WCWᵀ).",
-        "",
-        f"## Results ({meta['mode']} mode): {MODEL_NAME} on {TEXT_NAME}",
-        "",
-        *results_table(data),
-        "",
-    ]
-    if png is not None and png.exists():
-        lines += [f"![perplexity vs sparsity]({png.name})", ""]
-    lines += [
-        "## Targets",
-        "",
-        *target_lines(data),
-        "",
-        "## Settings",
-        "",
+    seeds = meta.get("seeds", 1)
+    where = meta.get("windows", "first")
+    spread = (f"spread evenly over the whole evaluation part ({meta.get('eval_windows_available', '?')} windows "
+              f"available, covering {meta.get('eval_articles_covered', '?')} of {meta.get('eval_articles', '?')} "
+              "documents)" if where == "spread" else "the first windows of the evaluation part")
+    text = meta.get("text", TEXT_NAME)
+    return [
+        f"- model: {meta.get('model', MODEL_NAME)}; text: {text}",
         f"- calibration: {meta['nsamples']} samples × {meta['seqlen']} tokens (BOS first) from the calibration "
-        f"part of {TEXT_NAME}, seed 0, the same tokens for every method",
+        f"part of {text}, seed{'s 0..' + str(seeds - 1) if seeds > 1 else ' 0'}, the same tokens for every method "
+        "of a seed",
         f"- evaluation: {eval_windows} windows × {meta['eval_seqlen']} tokens (BOS + {meta['eval_seqlen'] - 1} "
-        f"scored tokens each, {meta.get('eval_tokens', '?')} scored tokens) of the evaluation part",
+        f"scored tokens each, {meta.get('eval_tokens', '?')} scored tokens), {spread}; the standard error is "
+        "that of the mean NLL (nats) over the windows (sample sd of the per-window NLLs / sqrt(windows))",
         f"- solver options (AWPConfig): {opts}; statistics in float32",
         f"- dense weights restored between runs by copying the saved block weights "
         f"({meta.get('restore_copy_seconds', '?')} s; reloading from disk takes {meta.get('restore_reload_seconds', '?')} s)",
@@ -344,10 +452,164 @@ def write_markdown(path: Path, data: dict, png: Path | None) -> None:
         f"{mach['torch']}, transformers {mach['transformers']}, Python {mach['python']}",
         f"- dates (UTC): {dates[0] if dates else '—'} to {dates[-1] if dates else '—'}",
         f"- command: `{meta['command']}`",
+    ]
+
+
+def _notes(path: Path) -> str:
+    if path.exists():
+        text = path.read_text()
+        if NOTES_MARKER in text:
+            return text.split(NOTES_MARKER, 1)[1].strip("\n")
+    return ""
+
+
+def write_markdown(path: Path, data: dict, png: Path | None) -> None:
+    meta = data["meta"]
+    notes = _notes(path)
+    model = meta.get("model", MODEL_NAME)
+    text = meta.get("text", TEXT_NAME)
+    lines = [
+        "# Fidelity: perplexity after compression",
         "",
-        NOTES_MARKER,
-        notes,
+        f"{model}, perplexity on the held-out part of {text} (lower is better). Every method "
+        "compresses every linear layer of the decoder blocks, block by block on the outputs of the "
+        "blocks already compressed; embeddings and the lm_head stay dense. INT4 is group 128, "
+        "symmetric. The mean layer objective is the mean over layers of tr(ΔCΔᵀ)/tr(WCWᵀ).",
         "",
+        f"## Results ({meta['mode']} mode): {model} on {text}",
+        "",
+        *results_table(data),
+        "",
+    ]
+    if png is not None and png.exists():
+        lines += [f"![perplexity vs sparsity]({png.name})", ""]
+    lines += ["## Targets", "", *target_lines(data), "", "## Settings", "", *settings_lines(data), "",
+              NOTES_MARKER, notes, ""]
+    path.write_text("\n".join(lines))
+
+
+def headline_methods(data: dict) -> list[str]:
+    present = {k.split("/", 1)[1].split("@")[0] for k in data["runs"] if "/" in k}
+    return [m for m in HEADLINE_METHODS if m in present] + sorted(present - set(HEADLINE_METHODS))
+
+
+def headline_table(data: dict) -> list[str]:
+    runs = data["runs"]
+    methods = headline_methods(data)
+    settings = [s for s in SETTINGS.values() if any(cell(runs, s.name, m) for m in methods)]
+    head = " | ".join(LABELS.get(m, m) for m in methods)
+    lines = [f"| Setting | {head} | AWP / SparseGPT | AWP / ALPS |", "|---|" + "---:|" * (len(methods) + 2)]
+    dense = runs.get("dense")
+    if dense:
+        lines.append(f"| dense | {dense['ppl']:.3f} (SE {_fmt(dense.get('nll_se'), '.3f')})" + " | —" * (len(methods) - 1)
+                     + " | — | — |")
+    for s in settings:
+        cells = [cell(runs, s.name, m) for m in methods]
+        texts = [f"{_ppl_text(c)} (SE {_fmt(c.se, '.3f')}, n={c.n})" if c else "—" for c in cells]
+        by = dict(zip(methods, cells))
+
+        def ratio(a: str, b: str) -> str:
+            return f"{by[a].mean / by[b].mean:.2f}" if by.get(a) and by.get(b) else "—"
+
+        lines.append(f"| {s.name} | " + " | ".join(texts) + f" | {ratio('awp', 'sparsegpt')} | {ratio('awp', 'alps')} |")
+    return lines
+
+
+def headline_objectives(data: dict) -> list[str]:
+    runs = data["runs"]
+    methods = headline_methods(data)
+    lines = ["| Setting | " + " | ".join(LABELS.get(m, m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    for s in SETTINGS.values():
+        cells = [cell(runs, s.name, m) for m in methods]
+        if any(cells):
+            lines.append(f"| {s.name} | " + " | ".join(
+                f"{c.objective:.4f} / {c.seconds:.0f} s" if c else "—" for c in cells) + " |")
+    return lines
+
+
+def paired_lines(data: dict) -> list[str]:
+    runs = data["runs"]
+    out = []
+    for s in SETTINGS.values():
+        for other in headline_methods(data):
+            if other == "awp":
+                continue
+            diffs = paired(runs, s.name, "awp", other)
+            if not diffs:
+                continue
+            parts = ", ".join(f"{d:+.4f} ± {_fmt(se, '.4f')}" for d, se in diffs)
+            sure = all(se is not None and abs(d) > 2 * se for d, se in diffs)
+            sign = "lower" if all(d < 0 for d, _ in diffs) else "higher" if all(d > 0 for d, _ in diffs) else "mixed"
+            out.append(f"- {s.name}, AWP − {LABELS.get(other, other)}: {parts} nats per token (per seed); AWP "
+                       f"{sign}{', beyond 2 paired SE in every seed' if sure else ''}")
+    return out or ["- no pair of runs on the same windows yet"]
+
+
+def headline_targets(data: dict) -> list[str]:
+    runs = data["runs"]
+    out = []
+
+    def beats(setting: str, other: str) -> str | None:
+        a, b = cell(runs, setting, "awp"), cell(runs, setting, other)
+        if not a or not b:
+            return None
+        spread = max(x for x in (a.sd, b.sd, 0.0) if x is not None)
+        margin = b.mean - a.mean
+        if a.n < 2 or b.n < 2:
+            verdict = ("met on one seed (spread unknown)" if margin > 0 else "**MISSED** (one seed)")
+        else:
+            verdict = "met" if margin > spread else "**MISSED**"
+        return (f"AWP {a.mean:.2f} vs {LABELS.get(other, other)} {b.mean:.2f} (margin {margin:+.2f}, larger seed sd "
+                f"{spread:.2f}): {verdict}")
+
+    for setting in ("70%", "80%", "2:4"):
+        line = beats(setting, "alps")
+        if line:
+            out.append(f"- AWP ≤ ALPS at {setting} by more than the seed spread: {line}")
+    for s in SETTINGS.values():
+        for other in headline_methods(data):
+            if other == "awp" or (other == "alps" and s.name in ("70%", "80%", "2:4")):  # ALPS there: above
+                continue
+            line = beats(s.name, other)
+            if line:
+                out.append(f"- AWP ≤ {label(other, s)} at {s.name}: {line}")
+    for setting, bound in (("70%", 0.70), ("80%", 0.50), ("2:4", 0.90)):
+        a, b = cell(runs, setting, "awp"), cell(runs, setting, "sparsegpt")
+        if a and b:
+            r = a.mean / b.mean
+            out.append(f"- AWP / SparseGPT ≤ {bound:.2f} at {setting}: {r:.2f}: {'met' if r <= bound else '**MISSED**'}")
+    per_seed = data["meta"].get("seed_seconds", {})
+    for seed, seconds in sorted(per_seed.items(), key=lambda x: int(x[0])):
+        out.append(f"- headline time, seed {seed}: {seconds / 60:.1f} min of restore + compression + evaluation "
+                   f"(≤ 45 min: {'met' if seconds <= 45 * 60 else '**MISSED**'})")
+    return out or ["- no AWP run yet"]
+
+
+def write_headline_markdown(path: Path, data: dict, png: Path | None) -> None:
+    meta = data["meta"]
+    model, text = meta.get("model", MODEL_NAME), meta.get("text", TEXT_NAME)
+    lines = [
+        "# Fidelity, headline: Wanda, SparseGPT, ALPS and AWP over calibration seeds",
+        "",
+        f"{model}, perplexity on the held-out part of {text} (lower is better), each cell the mean ± sample "
+        "standard deviation over the calibration seeds (n = number of seeds run), with the standard error (SE) "
+        "of the mean NLL over the evaluation windows (nats, mean over seeds). Every method compresses every linear "
+        "layer of the decoder blocks, block by block; embeddings and the lm_head stay dense; INT4 is group 128, "
+        "symmetric (2:4+int4: Wanda + RTN, SparseGPT joint, ALPS mask + OBS rounding, AWP joint).",
+        "",
+        f"## Perplexity ({meta['mode']} mode)",
+        "",
+        *headline_table(data),
+        "",
+    ]
+    if png is not None and png.exists():
+        lines += [f"![headline perplexity]({png.name})", ""]
+    lines += [
+        "## Mean layer objective / compression time (mean over seeds)", "", *headline_objectives(data), "",
+        "## Paired differences (same windows): mean NLL difference ± its SE", "", *paired_lines(data), "",
+        "## Targets", "", *headline_targets(data), "",
+        "## Settings", "", *settings_lines(data), "",
+        NOTES_MARKER, _notes(path), "",
     ]
     path.write_text("\n".join(lines))
 
@@ -366,7 +628,7 @@ def write_plot(path: Path, data: dict) -> bool:
     others = [s for s in SETTINGS.values() if s not in unstructured]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     for method in METHODS["prune"]:
-        pts = [(s.sparsity, runs[f"{s.name}/{method}"]["ppl"]) for s in unstructured if f"{s.name}/{method}" in runs]
+        pts = [(s.sparsity, c.mean) for s in unstructured if (c := cell(runs, s.name, method))]
         if pts:
             left.plot(*zip(*pts), marker="o", label=LABELS[method])
     if "dense" in runs:
@@ -377,15 +639,54 @@ def write_plot(path: Path, data: dict) -> bool:
     names = [s.name for s in others]
     all_methods = [m for m in dict.fromkeys(m for s in others for m in METHODS[s.kind])]
     for j, method in enumerate(all_methods):
-        pts = [(i + 0.12 * (j - len(all_methods) / 2), runs[f"{s.name}/{method}"]["ppl"])
-               for i, s in enumerate(others) if f"{s.name}/{method}" in runs]
+        pts = [(i + 0.12 * (j - len(all_methods) / 2), c.mean)
+               for i, s in enumerate(others) if (c := cell(runs, s.name, method))]
         if pts:
-            right.scatter(*zip(*pts), label=LABELS[method], marker="os^vDP"[j % 6])
+            right.scatter(*zip(*pts), label=LABELS[method], marker="os^vDPX"[j % 7])
     right.set_xticks(range(len(names)), names)
     right.set(ylabel="perplexity", yscale="log", title="2:4, INT4 g128 and joint (joint: Wanda = Wanda+RTN, AWQ = Wanda+AWQ)")
     right.title.set_fontsize(8)
     right.legend(fontsize=8)
-    fig.suptitle(f"{MODEL_NAME} on {TEXT_NAME}", fontsize=10)
+    fig.suptitle(f"{data['meta'].get('model', MODEL_NAME)} on {data['meta'].get('text', TEXT_NAME)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_headline_plot(path: Path, data: dict) -> bool:
+    """Grouped bars: one group per setting, one bar per method (mean over seeds, whiskers min..max), log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = data["runs"]
+    methods = headline_methods(data)
+    settings = [s for s in SETTINGS.values() if any(cell(runs, s.name, m) for m in methods)]
+    if not settings:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, s in enumerate(settings):
+            c = cell(runs, s.name, method)
+            if c:
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(c.mean)
+                lo.append(c.mean - min(c.ppls))
+                hi.append(max(c.ppls) - c.mean)
+        if xs:
+            ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=LABELS.get(method, method))
+    if "dense" in runs:
+        ax.axhline(runs["dense"]["ppl"], color="gray", linestyle="--", linewidth=1, label="dense")
+    ax.set_xticks(range(len(settings)), [s.name for s in settings])
+    ax.set(ylabel="perplexity (mean over seeds; whiskers: min..max)", yscale="log")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{data['meta'].get('model', MODEL_NAME)} on {data['meta'].get('text', TEXT_NAME)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -394,8 +695,12 @@ def write_plot(path: Path, data: dict) -> bool:
 
 def write_reports(md: Path, data: dict) -> None:
     png = md.with_suffix(".png")
-    write_plot(png, data)
-    write_markdown(md, data, png)
+    if data["meta"].get("mode", "").startswith("headline"):
+        write_headline_plot(png, data)
+        write_headline_markdown(md, data, png)
+    else:
+        write_plot(png, data)
+        write_markdown(md, data, png)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,13 +712,74 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def evaluate(model, tokens, bos, args) -> dict:
+@dataclass(frozen=True)
+class EvalWindows:
+    """The evaluation windows, cut once and shared by every run.
+
+    Attributes:
+        windows: int64 (count, seqlen), BOS first when the tokenizer has one.
+        starts: token offset of each window's text in the evaluation stream (count,).
+        available: how many non-overlapping windows the stream holds.
+        documents: documents of the evaluation split; covered: how many of them the windows touch.
+    """
+
+    windows: torch.Tensor
+    starts: list[int]
+    available: int
+    documents: int
+    covered: int
+
+
+def eval_windows(tokenizer, source, seqlen: int, nwindows: int | None, spread: bool) -> EvalWindows:
+    """Tokenize the evaluation split of ``source`` once and choose ``nwindows`` windows of ``seqlen`` tokens.
+
+    ``spread``: the windows are evenly spaced over all non-overlapping windows of the split (so every part
+    of it is sampled: with 30 articles, the 16 windows reach across them), else the first ones (the old
+    protocol). Each window is [BOS] + seqlen - 1 text tokens when the tokenizer has a BOS token.
+    """
+    from optimum_awp.data import load_text, tokenize_text
+
+    documents = load_text(source, "eval")
+    tokens = tokenize_text(tokenizer, documents)
+    bos = tokenizer.bos_token_id
+    body = seqlen - 1 if bos is not None else seqlen
+    available = tokens.numel() // body
+    if available == 0:
+        raise SystemExit(f"the evaluation text has {tokens.numel()} tokens, too short for one window of {seqlen}")
+    count = available if nwindows is None else min(nwindows, available)
+    if spread and count < available:
+        index = torch.linspace(0, available - 1, count, dtype=torch.float64).round().long()
+    else:
+        index = torch.arange(count)
+    starts = index * body
+    windows = tokens[starts[:, None] + torch.arange(body)]
+    if bos is not None:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)
+    # document spans in the joined stream, from each document's own token count (approximate at the joins)
+    separator = tokenize_text(tokenizer, ["", ""]).numel()
+    bounds, pos = [], 0
+    for doc in documents:
+        n = tokenize_text(tokenizer, [doc]).numel()
+        bounds.append((pos, pos + n))
+        pos += n + separator
+    covered = sum(any(a < s + body and s < b for s in starts.tolist()) for a, b in bounds)
+    return EvalWindows(windows, starts.tolist(), available, len(documents), covered)
+
+
+def evaluate(model, shared: EvalWindows, bos, args) -> dict:
+    """Perplexity on the shared windows, one window at a time so that each window's NLL is kept."""
     from optimum_awp.evaluate import perplexity_of_tokens
 
-    result = perplexity_of_tokens(model, tokens, args.eval_seqlen, bos, nwindows=args.eval_windows,
-                                  progress=not args.no_progress)
-    return {"ppl": result.ppl, "nll": result.nll, "eval_tokens": result.tokens, "eval_windows": result.windows,
-            "eval_seconds": round(result.seconds, 2)}
+    nlls, tokens, seconds = [], 0, 0.0
+    for window in shared.windows:
+        text = window[1:] if bos is not None else window
+        result = perplexity_of_tokens(model, text, args.eval_seqlen, bos, nwindows=1, progress=False)
+        nlls.append(result.nll)
+        tokens += result.tokens
+        seconds += result.seconds
+    nll, se = window_stats(nlls)
+    return {"ppl": math.exp(nll), "nll": nll, "nll_se": se, "window_nlls": [round(x, 6) for x in nlls],
+            "eval_tokens": tokens, "eval_windows": len(nlls), "eval_seconds": round(seconds, 2)}
 
 
 def run_options(method: str, args) -> dict:
@@ -461,46 +827,67 @@ def main(argv: list[str] | None = None) -> int:
     md.parent.mkdir(parents=True, exist_ok=True)
     json_path = md.with_suffix(".json")
 
-    from optimum_awp.data import calibration_samples, embedded_model, eval_tokens
+    from optimum_awp.data import calibration_samples, describe_source, embedded_model
     from optimum_awp.evaluate import load_model
 
     tic = time.perf_counter()
-    path = embedded_model()
+    path = embedded_model() if args.model is None else args.model
     model, tok = load_model(path, dtype="float32")
     print(f"model loaded in {time.perf_counter() - tic:.1f}s from {path}", flush=True)
-    ids = calibration_samples(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
-    tokens = eval_tokens(tok)
+    shared = eval_windows(tok, args.dataset, args.eval_seqlen, args.eval_windows, spread=not args.first_windows)
+    print(f"evaluation: {shared.windows.shape[0]} of {shared.available} windows, touching {shared.covered} of "
+          f"{shared.documents} documents", flush=True)
     saved = {name: w.detach().clone() for name, w in block_weights(model).items()}
     meta = {
         "mode": args.mode, "nsamples": args.nsamples, "seqlen": args.seqlen,
         "eval_windows": args.eval_windows, "eval_seqlen": args.eval_seqlen, "awp_options": awp_options(args),
         "group_size": GROUP_SIZE, "machine": machine(), "command": " ".join(["python", "benchmarks/fidelity.py", *(argv or sys.argv[1:])]),
-        "model": MODEL_NAME, "text": TEXT_NAME, "started": now(),
+        "model": MODEL_NAME if args.model is None else str(args.model),
+        "text": TEXT_NAME if args.dataset == DEFAULT_DATASET else describe_source(args.dataset),
+        "windows": "first" if args.first_windows else "spread", "seeds": args.seeds,
+        "eval_windows_available": shared.available, "eval_articles": shared.documents,
+        "eval_articles_covered": shared.covered, "eval_window_starts": shared.starts, "started": now(),
     }
     data = load_results(json_path, meta, args.resume)
+    data["meta"]["seeds"] = max(args.seeds, data["meta"].get("seeds", 1))
     if "restore_copy_seconds" not in data["meta"]:
         data["meta"].update(measure_restore(model, saved, path))
         print(f"restore: copy {data['meta']['restore_copy_seconds']}s, reload {data['meta']['restore_reload_seconds']}s",
               flush=True)
 
+    bos = tok.bos_token_id
     if "dense" not in data["runs"]:
-        result = evaluate(model, tokens, tok.bos_token_id, args)
+        result = evaluate(model, shared, bos, args)
         data["runs"]["dense"] = {**result, "date": now()}
         data["meta"].update(eval_tokens=result["eval_tokens"], eval_windows_run=result["eval_windows"])
         save_results(json_path, data)
-        print(f"dense: ppl {result['ppl']:.3f} ({result['eval_seconds']}s eval)", flush=True)
-    for setting, method in runs:
-        key = f"{setting.name}/{method}"
-        if key in data["runs"]:
-            continue
-        restore(model, saved)
-        figures = run_one(model, setting, method, ids, args)
-        result = evaluate(model, tokens, tok.bos_token_id, args)
-        data["runs"][key] = {**figures, **result, "date": now()}
-        save_results(json_path, data)
-        write_reports(md, data)
-        print(f"{key}: ppl {result['ppl']:.3f}, mean objective {figures['mean_objective']:.4f}, "
-              f"compress {figures['compress_seconds']:.1f}s, eval {result['eval_seconds']:.1f}s", flush=True)
+        print(f"dense: ppl {result['ppl']:.3f} (SE of NLL {result['nll_se']}, {result['eval_seconds']}s eval)", flush=True)
+    seed_seconds = data["meta"].setdefault("seed_seconds", {})
+    for seed in range(args.seeds):
+        ids = None
+        for setting, method in runs:
+            key = run_key(setting.name, method, seed)
+            if key in data["runs"]:
+                continue
+            if ids is None:  # one set of calibration tokens per seed, shared by every method
+                ids = calibration_samples(tok, args.dataset, nsamples=args.nsamples, seqlen=args.seqlen, seed=seed)
+            load_before = os.getloadavg()
+            started = time.perf_counter()
+            restore(model, saved)
+            figures = run_one(model, setting, method, ids, args)
+            result = evaluate(model, shared, bos, args)
+            data["runs"][key] = {**figures, **result, "seed": seed, "date": now(),
+                                 "load_before": [round(x, 2) for x in load_before],
+                                 "load_after": [round(x, 2) for x in os.getloadavg()]}
+            wall = time.perf_counter() - started  # restore + compress + evaluate
+            data["runs"][key]["wall_seconds"] = round(wall, 2)
+            seed_seconds[str(seed)] = round(seed_seconds.get(str(seed), 0.0) + wall, 2)
+            save_results(json_path, data)
+            write_reports(md, data)
+            print(f"{key}: ppl {result['ppl']:.3f} (SE of NLL {_fmt(result['nll_se'], '.4f')}), mean objective "
+                  f"{figures['mean_objective']:.4f}, compress {figures['compress_seconds']:.1f}s, eval "
+                  f"{result['eval_seconds']:.1f}s, load {data['runs'][key]['load_before'][0]} -> "
+                  f"{data['runs'][key]['load_after'][0]}", flush=True)
     restore(model, saved)
     write_reports(md, data)
     print(f"wrote {md}, {json_path.name} and {md.with_suffix('.png').name}", flush=True)
