@@ -1,31 +1,39 @@
-"""Per-layer forward times of AWPLinear formats against dense fp32/bf16 linears, side by side.
+"""Per-layer forward times of the compressed formats against dense linears, next to each format's
+bandwidth floor, on CPU.
 
-Shapes: Gemma-3-270M's linears (hidden 640, intermediate 2048, vocabulary 262144) and a 4096 x 4096
-layer, at 1, 16 and 512 tokens (lm_head at 1 and 16: generation computes logits for the last token
-only, and 512 x 262144 logits would need 0.5 GB per call). Prints, and writes to
-docs/results/kernels.md:
+Shapes: Gemma-3-270M's linears (hidden 640, intermediate 2048, vocabulary 262144), 4096 x 4096 and
+11008 x 4096 (a 7B model's MLP), at 1 and 16 tokens, with 1 and 2 threads. Variants, all bf16 models:
 
-1. the memory bandwidth of this machine (a large sum and copy), and for each format its bytes per
-   weight and the roofline time bytes / bandwidth of streaming the weight once;
-2. times (minimum over interleaved rounds, so other processes on a shared CPU disturb it least) and
-   speed-ups measured in the same run;
-3. a token sweep of the CPU INT4 kernel against the per-call dequantize path, which sets the
-   dispatch threshold ``KernelOptions.cpu_int4_max_tokens``.
+- ``fp32`` / ``bf16``: dense ``F.linear``;
+- ``int4 torch``: ``AWPLinear`` "int4" (g128) on torch's ``_weight_int4pack_mm_for_cpu`` (``cpu_int4``);
+- ``2:4``: ``AWPLinear`` "2:4" (bf16 values + 2-bit positions), auto backend (the native ``cpu_2of4``);
+- ``2:4+int4``: ``AWPLinear`` "2:4+int4" (g128), auto backend (the native ``cpu_2of4``).
 
-Usage: python benchmarks/kernels.py [--threads 2 | --threads 1,2] [--rounds 7] [--quick] [--out docs/results/kernels.md]
+The floor of a format is its stored bytes divided by the read bandwidth measured in the same run with
+the same thread count (a sum over 512 MB): the time a one-token (memory-bound) call cannot beat.
+Every timed call starts with its weight out of cache (a 128 MB read before each call), as a layer of
+a model at decode time; the figure is the fastest single call over interleaved rounds (see
+``time_side_by_side``). Also measured: the cost of a call on an empty layer (16 x 64, hot), and a
+token sweep of the native decode kernel against its tiled prefill path, the per-call dequantize and
+dense bf16, which sets ``KernelOptions.cpu_2of4_max_tokens``.
+
+Usage: python benchmarks/kernels.py [--threads 1,2] [--rounds 5] [--quick] [--out docs/results/kernels.md]
+Writes the "Per-layer kernel times" part of the results page (generate.py writes the part after its marker).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from optimum_awp.nn import AWPLinear, kernel_options, use_backend
+from optimum_awp.nn import AWPLinear, kernel_options, native, use_backend
 
 SHAPES = [  # name, out, in
     ("q_proj", 1024, 640),
@@ -35,15 +43,19 @@ SHAPES = [  # name, out, in
     ("down_proj", 640, 2048),
     ("lm_head", 262144, 640),
     ("4096x4096", 4096, 4096),
+    ("11008x4096", 11008, 4096),
 ]
-TOKENS = (1, 16, 512)
+GEMMA = {"q_proj", "k/v_proj", "o_proj", "gate/up_proj", "down_proj", "lm_head"}
+TOKENS = (1, 16)
+SWEEP_TOKENS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 300)
 GROUP = 128
 GENERATE_MARKER = "<!-- generate.py -->"
+FORMATS = ("fp32", "bf16", "int4", "2:4", "2:4+int4")
 _VALID_2OF4_NIBBLES = torch.tensor([p0 | (p1 << 2) for p0 in range(4) for p1 in range(p0 + 1, 4)], dtype=torch.uint8)
 
 
 # ----------------------------------------------------------------------------------------------- builders
-def random_module(fmt: str, out_features: int, in_features: int, dtype: torch.dtype) -> AWPLinear:
+def random_module(fmt: str, out_features: int, in_features: int, dtype: torch.dtype = torch.bfloat16) -> AWPLinear:
     """An AWPLinear with random valid buffers (random codes, scales ~0.01, random 2:4 positions)."""
     m = AWPLinear.empty(fmt, in_features, out_features, bias=False, group_size=GROUP, dtype=dtype, device="cpu")
     buffers = m.packed_buffers()
@@ -71,38 +83,20 @@ def bytes_per_weight(fmt: str, out_features: int, in_features: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def _samples(fn, budget: float = 0.2, max_calls: int = 10) -> list[float]:
-    """Seconds of single calls of fn, as many as fit in ``budget`` seconds (at least 2, at most max_calls)."""
-    fn()
-    out = []
-    spent = 0.0
-    while len(out) < 2 or (spent < budget and len(out) < max_calls):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-        spent += out[-1]
-    return out
-
-
 _SCRATCH: list[torch.Tensor] = []
 
 
 def flush_caches() -> None:
-    """Read a 128 MB buffer (4x this CPU's 32 MB L3) so that the next call finds its weight in DRAM only,
-    as every layer of a model does at decode time; small layers would otherwise run from cache."""
+    """Read a 128 MB buffer (4x this CPU's 32 MB L3) so that the next call finds its weight in DRAM only."""
     if not _SCRATCH:
         _SCRATCH.append(torch.ones(32 * 2**20, dtype=torch.float32))
     _SCRATCH[0].sum()
 
 
-def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_calls: int = 20) -> dict[str, float]:
-    """Minimum seconds of a single call of each variant, caches flushed before every call; calls of the
-    variants are interleaved one by one.
-
-    On a CPU shared with other jobs a thread is often descheduled for a whole scheduler tick
-    (4-20 ms per call here), which averages cannot remove; the fastest single call is the stable
-    figure, and interleaving gives every variant the same chances.
-    """
+def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_calls: int = 20, flush: bool = True):
+    """Minimum seconds of a single call of each variant (caches flushed before every call), the calls of
+    the variants interleaved one by one. On a shared CPU a thread is often descheduled for a whole
+    scheduler tick, which averages cannot remove; the fastest call is the stable figure."""
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for fn in variants.values():
@@ -115,7 +109,8 @@ def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_cal
                 if not active:
                     break
                 for name in active:
-                    flush_caches()
+                    if flush:
+                        flush_caches()
                     start = time.perf_counter()
                     variants[name]()
                     elapsed = time.perf_counter() - start
@@ -125,235 +120,250 @@ def time_side_by_side(variants: dict, rounds: int, budget: float = 0.01, max_cal
     return best
 
 
-def bandwidth(rounds: int) -> tuple[float, float]:
-    """(read GB/s from a 512 MB sum, copy GB/s counting read + write of a 256 MB copy), best of rounds."""
+def bandwidth(rounds: int) -> float:
+    """Read GB/s: the fastest sum of a 512 MB float32 buffer."""
     x = torch.ones(128 * 2**20, dtype=torch.float32)
-    y = torch.empty(64 * 2**20, dtype=torch.float32)
-    src = x[: y.numel()]
-    read = min(min(_samples(lambda: x.sum())) for _ in range(rounds))
-    copy = min(min(_samples(lambda: y.copy_(src))) for _ in range(rounds))
-    return x.numel() * 4 / read / 1e9, 2 * y.numel() * 4 / copy / 1e9
+    best = float("inf")
+    for _ in range(3 * rounds):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
+def load_average() -> str:
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 # ----------------------------------------------------------------------------------------------- runs
-def layer_table(shapes, tokens_list, rounds, gbps):
+def layer_rows(shapes, tokens_list, rounds):
     rows = []
     for name, out_features, in_features in shapes:
         w32 = torch.randn(out_features, in_features) * 0.05
         w16 = w32.to(torch.bfloat16)
-        modules = {
-            "int4": random_module("int4", out_features, in_features, torch.bfloat16),
-            "int4/f32": random_module("int4", out_features, in_features, torch.float32),
-            "2:4": random_module("2:4", out_features, in_features, torch.bfloat16),
-            "2:4+int4": random_module("2:4+int4", out_features, in_features, torch.bfloat16),
-        }
+        modules = {f: random_module(f, out_features, in_features) for f in ("int4", "2:4", "2:4+int4")}
         for tokens in tokens_list:
-            if name == "lm_head" and tokens > 16:
-                continue
             x32 = torch.randn(tokens, in_features)
             x16 = x32.to(torch.bfloat16)
+
+            def int4_torch():
+                with use_backend("cpu_int4"):
+                    return modules["int4"](x16)
+
             variants = {
                 "fp32": lambda: F.linear(x32, w32),
                 "bf16": lambda: F.linear(x16, w16),
-                "int4": lambda: modules["int4"](x16),
-                "int4/f32": lambda: modules["int4/f32"](x32),
+                "int4": int4_torch,
                 "2:4": lambda: modules["2:4"](x16),
                 "2:4+int4": lambda: modules["2:4+int4"](x16),
             }
             t = time_side_by_side(variants, rounds)
-            backends = {k: modules[k].select_kernel(x32 if k == "int4/f32" else x16).name for k in modules}
+            backends = {f: modules[f].select_kernel(x16).name for f in ("2:4", "2:4+int4")}
             rows.append((name, out_features, in_features, tokens, t, backends))
             print(
-                f"{name:>13} {out_features:>6}x{in_features:<5} T={tokens:<4} "
+                f"{name:>13} {out_features:>6}x{in_features:<5} T={tokens:<3} "
                 + " ".join(f"{k}={v * 1e6:9.1f}us" for k, v in t.items())
-                + f"  int4 vs bf16 {t['bf16'] / t['int4']:.2f}x, int4/f32 vs fp32 {t['fp32'] / t['int4/f32']:.2f}x",
+                + f"  2:4/bf16 {t['bf16'] / t['2:4']:.2f}x  2:4+int4/int4 {t['int4'] / t['2:4+int4']:.2f}x",
                 flush=True,
             )
         del modules, w32, w16
     return rows
 
 
+def call_overhead() -> dict[str, float]:
+    """Median microseconds of a hot call on an empty layer (16 x 64, one token), per path."""
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    w = torch.randn(16, 64, dtype=torch.bfloat16)
+    out = {"F.linear bf16": lambda: F.linear(x, w)}
+    for fmt in ("int4", "2:4", "2:4+int4"):
+        m = random_module(fmt, 16, 64) if fmt != "2:4+int4" else random_module(fmt, 16, 64)
+        out[f"AWPLinear {fmt} (auto: {m.select_kernel(x).name})"] = (lambda m=m: m(x))
+    ext = native.load()
+    if ext is not None:
+        m = random_module("2:4", 16, 64)
+        args = (m.values, m.meta, None, None, 0, 64, native.isa_code())
+        out["native sparse_linear alone (2:4)"] = lambda: ext.sparse_linear(x, *args)
+    result = {}
+    with torch.inference_mode():
+        for name, fn in out.items():
+            for _ in range(200):
+                fn()
+            samples = []
+            for _ in range(2000):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
+            result[name] = statistics.median(samples) * 1e6
+    return result
+
+
 def token_sweep(shapes, tokens_list, rounds):
-    """CPU INT4 kernel vs the per-call dequantize path (reference) and dense bf16, bf16 and fp32 activations."""
+    """Native decode kernel vs its tiled path, the per-call dequantize (reference) and dense bf16."""
     rows = []
     for name, out_features, in_features in shapes:
-        m16 = random_module("int4", out_features, in_features, torch.bfloat16)
-        m32 = random_module("int4", out_features, in_features, torch.float32)
-        w16 = m16.dequantize()
-        for tokens in tokens_list:
-            x16 = torch.randn(tokens, in_features, dtype=torch.bfloat16)
-            x32 = x16.float()
+        w16 = torch.randn(out_features, in_features, dtype=torch.bfloat16)
+        for fmt in ("2:4", "2:4+int4"):
+            m = random_module(fmt, out_features, in_features)
+            for tokens in tokens_list:
+                x = torch.randn(tokens, in_features, dtype=torch.bfloat16)
 
-            def kernel(m, x):
-                with use_backend("cpu_int4"), kernel_options(cpu_int4_max_tokens=1 << 30):
-                    return m(x)
+                def run(backend, m=m, x=x):
+                    with use_backend(backend), kernel_options(cpu_2of4_max_tokens=1 << 30):
+                        return m(x)
 
-            def reference(m, x):
-                with use_backend("reference"):
-                    return m(x)
-
-            t = time_side_by_side(
-                {
-                    "kernel bf16": lambda: kernel(m16, x16),
-                    "dequant bf16": lambda: reference(m16, x16),
-                    "dense bf16": lambda: F.linear(x16, w16),
-                    "kernel f32": lambda: kernel(m32, x32),
-                    "dequant f32": lambda: reference(m32, x32),
-                },
-                rounds,
-            )
-            rows.append((name, tokens, t))
-            print(f"sweep {name:>10} T={tokens:<4} " + " ".join(f"{k}={v * 1e6:9.1f}us" for k, v in t.items()), flush=True)
+                variants = {
+                    "decode": lambda: run("cpu_2of4"),
+                    "tiles": lambda: run("cpu_2of4_tiles"),
+                    "dequant": lambda: run("reference"),
+                    "dense bf16": lambda: F.linear(x, w16),
+                }
+                if tokens > 64:
+                    variants.pop("decode")
+                t = time_side_by_side(variants, rounds, max_calls=5)
+                t.setdefault("decode", float("nan"))
+                rows.append((name, fmt, tokens, t))
+                print(f"sweep {name:>10} {fmt:>8} T={tokens:<4} " + " ".join(f"{k}={v * 1e6:9.1f}us" for k, v in t.items()),
+                      flush=True)
     return rows
 
 
-def crossover(rows, kernel_key, other_key):
-    """Largest token count up to which the kernel is at least as fast as ``other_key``, per shape."""
+def crossover(rows):
+    """Per (shape, format): the largest token count up to which decode is at least as fast as tiles."""
     out = {}
-    for name, tokens, t in rows:
-        if t[kernel_key] <= t[other_key]:
-            out[name] = max(out.get(name, 0), tokens)
+    for name, fmt, tokens, t in rows:
+        key = f"{name} {fmt}"
+        if t["decode"] <= t["tiles"]:
+            out[key] = max(out.get(key, 0), tokens)
         else:
-            out.setdefault(name, 0)
+            out.setdefault(key, 0)
     return out
 
 
 # ----------------------------------------------------------------------------------------------- report
-def one_token_summary(rows) -> list[str]:
-    """The one-token targets: INT4 layer >= 1.5x dense bf16 and >= 1.7x dense fp32 (Gemma shapes)."""
-    lines = []
-    for name, out_features, in_features, tokens, t, _ in rows:
-        if tokens == 1:
-            lines.append(
-                f"| {name} | {t['bf16'] / t['int4']:.2f}x | {t['fp32'] / t['int4']:.2f}x | "
-                f"{t['fp32'] / t['int4/f32']:.2f}x |"
-            )
-    return lines
-
-
-def markdown(args, runs, shapes) -> str:
-    """runs: list of (threads, gbps_read, gbps_copy, rows, sweep)."""
-    fmts = ["fp32", "bf16", "int4", "2:4", "2:4+int4"]
+def markdown(args, runs, shapes, overhead, sweep, loads) -> str:
+    isa = native.isa_name() or f"none ({native.unavailable_reason()})"
     lines = [
         "# Per-layer kernel times (CPU)",
         "",
-        f"Command: `python benchmarks/kernels.py --threads {args.threads} --rounds {args.rounds}"
-        + (" --quick" if args.quick else "")
-        + "`",
+        f"Command: `{args.command}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()} (AVX-512 with bf16), 2 cores. The cores are "
-        "shared with other jobs (load average 5-8 during these runs): every figure is the fastest single call "
-        "over interleaved rounds, and a figure of several ms for a small layer means no undisturbed call "
-        "was caught (a thread descheduled for a scheduler tick), not the kernel's speed. With 2 threads a call "
-        "needs both cores at once, which a loaded machine rarely gives; 1 thread is the steadier measurement.",
+        f"Machine: {platform.processor() or platform.machine()} ({_cpu_name()}), 2 cores, torch {torch.__version__}, "
+        f"native kernel path `{isa}`. Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
         "",
-        "Weights are cold: a 128 MB read (4x the 32 MB L3) precedes every timed call, so each call streams "
-        "its weight from DRAM as a layer of a model does at decode time. "
-        "int4 is group 128 with bf16 scales. 2:4 stores bf16 values plus 2-bit positions but runs from a "
-        "dense bf16 cache (2 B/weight read), since no CPU 2:4 kernel beats dense. Roofline: the time to read "
-        "the stored weight once at the measured read bandwidth, the lower bound of a one-token "
-        "(memory-bound) layer.",
+        "All models bf16. `int4` = `AWPLinear` \"int4\" g128 on torch's `_weight_int4pack_mm_for_cpu` (`cpu_int4`); "
+        "`2:4` = bf16 values + 2-bit positions and `2:4+int4` = packed 4-bit kept codes + positions + g128 scales, "
+        "both on the native kernel (`cpu_2of4`, the auto choice at these token counts). There is no INT4 kernel of "
+        "our own yet (the issue's \"INT4 (ours)\" column): torch's stays the INT4 path. Every call starts with its "
+        "weight out of cache (128 MB read first); figures are the fastest single call over interleaved rounds. "
+        "Floor = stored bytes / read bandwidth measured in the same run with the same thread count: the bound of "
+        "a one-token call.",
     ]
-    for threads, gbps_read, gbps_copy, rows, sweep in runs:
+    for threads, gbps, rows in runs:
         lines += [
             "",
             f"## {threads} thread{'s' if threads > 1 else ''}",
             "",
-            f"Memory bandwidth: read {gbps_read:.1f} GB/s (sum of 512 MB), copy {gbps_copy:.1f} GB/s "
-            "(read + write of 256 MB).",
+            f"Read bandwidth: {gbps:.1f} GB/s (sum of 512 MB).",
             "",
-            "### Bytes per weight and the bandwidth roofline",
-            "",
-            "| layer | out x in | " + " | ".join(f"{f} B/w" for f in fmts) + " | "
-            + " | ".join(f"{f} roofline us" for f in fmts) + " |",
-            "|---|---|" + "---|" * (2 * len(fmts)),
-        ]
-        for name, out_features, in_features in shapes:
-            bpw = [bytes_per_weight(f, out_features, in_features) for f in fmts]
-            roof = [b * out_features * in_features / (gbps_read * 1e9) * 1e6 for b in bpw]
-            lines.append(
-                f"| {name} | {out_features}x{in_features} | " + " | ".join(f"{b:.3f}" for b in bpw) + " | "
-                + " | ".join(f"{r:.1f}" for r in roof) + " |"
-            )
-        lines += [
-            "",
-            "### One token: INT4 against dense",
-            "",
-            "| layer | int4 vs dense bf16 | int4 vs dense fp32 | int4/f32 vs dense fp32 |",
-            "|---|---|---|---|",
-            *one_token_summary(rows),
-            "",
-            "### Times (microseconds per call) and speed-ups, same run",
-            "",
-            "Columns: dense `F.linear` in fp32 and bf16; `AWPLinear` (auto backend) with a bf16 model for int4, "
-            "2:4, 2:4+int4, and `int4/f32` an fp32 model (scales fp32, activations fp32, cast to bf16 around the "
-            "INT4 kernel). `backend` is what auto picked for int4 / int4/f32 / 2:4 / 2:4+int4.",
-            "",
-            "| layer | tokens | fp32 | bf16 | int4 | int4/f32 | 2:4 | 2:4+int4 | int4 vs bf16 | int4/f32 vs fp32 | "
-            "2:4+int4 vs bf16 | backend |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| layer | tokens | fp32 | bf16 | int4 torch | 2:4 | 2:4+int4 | floor int4 | floor 2:4 | floor 2:4+int4 "
+            "| 2:4 vs bf16 | 2:4+int4 vs int4 | 2:4+int4 vs bf16 | int4 / floor | 2:4 / floor | 2:4+int4 / floor |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, out_features, in_features, tokens, t, backends in rows:
             us = {k: v * 1e6 for k, v in t.items()}
-            lines.append(
-                f"| {name} {out_features}x{in_features} | {tokens} | {us['fp32']:.1f} | {us['bf16']:.1f} | "
-                f"{us['int4']:.1f} | {us['int4/f32']:.1f} | {us['2:4']:.1f} | {us['2:4+int4']:.1f} | "
-                f"{t['bf16'] / t['int4']:.2f}x | {t['fp32'] / t['int4/f32']:.2f}x | {t['bf16'] / t['2:4+int4']:.2f}x | "
-                f"{backends['int4']} / {backends['int4/f32']} / {backends['2:4']} / {backends['2:4+int4']} |"
+            floor = {f: bytes_per_weight(f, out_features, in_features) * out_features * in_features / (gbps * 1e9) * 1e6
+                     for f in ("int4", "2:4", "2:4+int4")}
+            ratio = (
+                f"{t['bf16'] / t['2:4']:.2f}x | {t['int4'] / t['2:4+int4']:.2f}x | {t['bf16'] / t['2:4+int4']:.2f}x"
             )
-        if sweep:
-            lines += [
-                "",
-                "### Token sweep: CPU INT4 kernel vs per-call dequantize + dense matmul",
-                "",
-                "`kernel`: `_weight_int4pack_mm_for_cpu` (bf16 inside); `dequant`: the reference path (dequantize "
-                "the INT4 weight at every call, then `F.linear` in the activation dtype); `dense bf16`: a plain "
-                "bf16 linear (what a dense cache costs, at the memory of the bf16 weights).",
-                "",
-                "| layer | tokens | kernel bf16 | dequant bf16 | dense bf16 | kernel f32 | dequant f32 |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for name, tokens, t in sweep:
-                lines.append(f"| {name} | {tokens} | " + " | ".join(f"{v * 1e6:.1f}" for v in t.values()) + " |")
-            cb = crossover(sweep, "kernel bf16", "dequant bf16")
-            cf = crossover(sweep, "kernel f32", "dequant f32")
-            cd = crossover(sweep, "kernel bf16", "dense bf16")
-            lines += [
-                "",
-                "Largest measured token count at which the kernel is at least as fast as dequantize-per-call "
-                "(bf16 / fp32 activations): " + ", ".join(f"{k} {cb[k]} / {cf[k]}" for k in cb)
-                + "; as fast as a dense bf16 cache: " + ", ".join(f"{k} {cd[k]}" for k in cd) + ". "
-                "Defaults: `cpu_int4_max_tokens=64`, `cpu_int4_max_tokens_cached=8`.",
-            ]
+            over = " | ".join(f"{us[f] / floor[f]:.2f}" if tokens == 1 else "–" for f in ("int4", "2:4", "2:4+int4"))
+            lines.append(
+                f"| {name} {out_features}x{in_features} | {tokens} | {us['fp32']:.1f} | {us['bf16']:.1f} | {us['int4']:.1f} | "
+                f"{us['2:4']:.1f} | {us['2:4+int4']:.1f} | {floor['int4']:.1f} | {floor['2:4']:.1f} | "
+                f"{floor['2:4+int4']:.1f} | {ratio} | {over} |"
+            )
+    lines += [
+        "",
+        "Bytes per weight: fp32 4, bf16 2, int4 " + f"{bytes_per_weight('int4', 4096, 4096):.3f}, 2:4 "
+        f"{bytes_per_weight('2:4', 4096, 4096):.3f}, 2:4+int4 {bytes_per_weight('2:4+int4', 4096, 4096):.3f} (g128, bf16 scales).",
+        "",
+        "## Per-call overhead (empty layer, 16 x 64, one token, hot, median of 2000 calls, "
+        f"{torch.get_num_threads()} threads)",
+        "",
+        "| path | us per call |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in overhead.items()],
+    ]
+    if sweep:
+        lines += [
+            "",
+            "## Token sweep: native decode kernel vs tiled prefill path (2 threads)",
+            "",
+            "`decode`: `cpu_2of4` (GEMV-style, reads the compressed buffers once per 4 tokens); `tiles`: "
+            "`cpu_2of4_tiles` (rows decoded natively into 1 MB dense bf16 tiles, each multiplied by `at::mm`); "
+            "`dequant`: the reference (whole weight dequantized by torch ops each call, then `F.linear`); "
+            "`dense bf16`: `F.linear` on a dense weight (what a dense cache costs in memory). Microseconds.",
+            "",
+            "| layer | format | tokens | decode | tiles | dequant | dense bf16 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, fmt, tokens, t in sweep:
+            lines.append(f"| {name} | {fmt} | {tokens} | " + " | ".join(
+                f"{t[k] * 1e6:.1f}" if t[k] == t[k] else "–" for k in ("decode", "tiles", "dequant", "dense bf16")) + " |")
+        cross = crossover(sweep)
+        lines += [
+            "",
+            "Largest token count at which decode is at least as fast as tiles: "
+            + ", ".join(f"{k} {v}" for k, v in cross.items()) + ".",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", default="2", help="thread count(s), comma-separated, e.g. 2 or 1,2")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="skip lm_head and the 4096 layer, 3 rounds")
+    parser.add_argument("--threads", default="1,2", help="thread count(s), comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="skip lm_head and 11008x4096, 2 rounds, short sweep")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results" / "kernels.md"))
     args = parser.parse_args()
+    args.command = "python benchmarks/kernels.py --threads {} --rounds {}{}{}".format(
+        args.threads, args.rounds, " --quick" if args.quick else "", " --no-sweep" if args.no_sweep else "")
     torch.manual_seed(0)
-    shapes = [s for s in SHAPES if not (args.quick and s[0] in ("lm_head", "4096x4096"))]
+    native.load()
+    shapes = [s for s in SHAPES if not (args.quick and s[0] in ("lm_head", "11008x4096"))]
     if args.quick:
-        args.rounds = min(args.rounds, 3)
+        args.rounds = min(args.rounds, 2)
+    loads = [load_average()]
+    print(f"load average before: {loads[0]}", flush=True)
     runs = []
     for threads in [int(t) for t in str(args.threads).split(",")]:
         torch.set_num_threads(threads)
         print(f"== {threads} thread(s)", flush=True)
-        gbps_read, gbps_copy = bandwidth(args.rounds)
-        print(f"bandwidth: read {gbps_read:.1f} GB/s, copy {gbps_copy:.1f} GB/s", flush=True)
-        rows = layer_table(shapes, TOKENS, args.rounds, gbps_read)
-        sweep = []
-        if not args.no_sweep:
-            sweep_shapes = [s for s in shapes if s[0] in ("q_proj", "gate/up_proj", "down_proj", "4096x4096")]
-            sweep = token_sweep(sweep_shapes, (1, 2, 4, 8, 16, 32, 64, 128), args.rounds)
-        runs.append((threads, gbps_read, gbps_copy, rows, sweep))
-    text = markdown(args, runs, shapes)
+        gbps = bandwidth(args.rounds)
+        print(f"read bandwidth {gbps:.1f} GB/s", flush=True)
+        runs.append((threads, gbps, layer_rows(shapes, TOKENS, args.rounds)))
+    torch.set_num_threads(2)
+    overhead = call_overhead()
+    print(overhead, flush=True)
+    sweep = []
+    if not args.no_sweep:
+        sweep_shapes = [s for s in shapes if s[0] in ("gate/up_proj", "down_proj", "4096x4096")]
+        tokens = (1, 4, 8, 16, 32, 128) if args.quick else SWEEP_TOKENS
+        sweep = token_sweep(sweep_shapes, tokens, max(2, args.rounds // 2))
+    loads.append(load_average())
+    print(f"load average after: {loads[1]}", flush=True)
+    text = markdown(args, runs, shapes, overhead, sweep, loads)
     print()
     print(text)
     out = Path(args.out)

@@ -31,7 +31,8 @@ class AWPLinear(nn.Module):
 
     Attributes:
         backend: "auto" or a ``kernels.KERNELS`` name; a class default that one module can override.
-        cache_dense: keep a decompressed weight per device (None: the format's default, see KernelOptions).
+        cache_dense: keep a decompressed weight per device (None: the global option, else the format's
+            default, see KernelOptions).
     """
 
     backend: str = "auto"
@@ -197,18 +198,17 @@ class AWPLinear(nn.Module):
             self.invalidate_kernel_cache()
             self._stamp = stamp
 
-    def _resolve_cache_dense(self) -> bool:
+    def _resolve_cache_dense(self) -> bool | None:
+        """The module's dense-cache choice, else the global option; None leaves it to the kernels
+        (``kernels.cache_dense_resolved``: only "2:4" without a native kernel keeps a dense copy)."""
         if self.cache_dense is not None:
             return self.cache_dense
-        option = kernels.get_kernel_options().cache_dense
-        if option is not None:
-            return option
-        return not get_format(self.format).quantized
+        return kernels.get_kernel_options().cache_dense
 
-    def _select(self, x2: torch.Tensor) -> tuple[kernels.Kernel, kernels.KernelQuery]:
+    def _select(self, x2: torch.Tensor) -> tuple[kernels.Kernel, kernels.KernelQuery, dict]:
         tokens = x2.shape[0]
         backend = kernels.forced_backend() or self.backend
-        key = (x2.device, x2.dtype, tokens, backend, self.cache_dense, kernels._OPTIONS[1])
+        key = (x2.device, x2.dtype, tokens, backend, self.cache_dense, kernels.options_version())
         choice = self._dispatch.get(key)
         if choice is None:
             query = kernels.KernelQuery(
@@ -221,8 +221,9 @@ class AWPLinear(nn.Module):
                 symmetric=self.symmetric,
                 tokens=tokens,
                 cache_dense=self._resolve_cache_dense(),
+                weight_dtype=self.dtype,
             )
-            choice = (kernels.select_kernel(query, backend), query)
+            choice = (kernels.select_kernel(query, backend), query, self.packed_buffers())
             if len(self._dispatch) >= _DISPATCH_CACHE_LIMIT:
                 self._dispatch.clear()
             self._dispatch[key] = choice
@@ -230,6 +231,7 @@ class AWPLinear(nn.Module):
 
     def select_kernel(self, x: torch.Tensor) -> kernels.Kernel:
         """The kernel a forward on ``x`` (..., in) runs (ValueError if a forced backend cannot)."""
+        self._check_stamp()
         return self._select(x.reshape(-1, self.in_features))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,8 +241,8 @@ class AWPLinear(nn.Module):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if not x2.is_contiguous():
             x2 = x2.contiguous()
-        kernel, query = self._select(x2)
-        y = kernel.run(self, kernels.get_layout(self, kernel, query), x2)
+        kernel, query, buffers = self._select(x2)
+        y = kernel.run(kernels.get_layout(self._kernel_cache, buffers, kernel, query), x2)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)

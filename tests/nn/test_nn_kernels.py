@@ -111,15 +111,21 @@ def test_dense_cache_equals_reference_and_is_cached_per_dtype(fmt):
     assert "dense_cache" not in str(module.state_dict().keys())
 
 
-def test_dense_cache_default_is_on_for_2of4_and_off_for_int4():
+def test_dense_cache_is_off_by_default_where_the_native_kernels_run(monkeypatch):
     x = torch.randn(600, 256, dtype=torch.bfloat16)
+    if kernels.native.enabled():
+        assert build("2:4").select_kernel(x).name == "cpu_2of4_tiles"
+        assert build("2:4").select_kernel(x[:1]).name == "cpu_2of4"
+    monkeypatch.setenv("OPTIMUM_AWP_CPU_ISA", "none")  # the torch path: 2:4 keeps a dense copy
     assert build("2:4").select_kernel(x).name == "dense_cache"
+    monkeypatch.delenv("OPTIMUM_AWP_CPU_ISA")
     assert build("int4").select_kernel(x).name == "reference"
     with kernel_options(cache_dense=True):
         assert build("int4").select_kernel(x).name == "dense_cache"
+        assert build("2:4").select_kernel(x).name == "dense_cache"
     module = build("2:4")
     module.cache_dense = False
-    assert module.select_kernel(x).name == "reference"
+    assert module.select_kernel(x).name == ("cpu_2of4_tiles" if kernels.native.enabled() else "reference")
 
 
 def test_with_a_dense_cache_the_int4_kernel_hands_over_earlier():
@@ -156,6 +162,7 @@ def test_forcing_a_backend():
             pass
     module.backend = "reference"
     assert module.select_kernel(x).name == "reference"
+    module.cache_dense = True
     with use_backend("dense_cache"):  # the context wins over the module's choice
         assert module.select_kernel(x).name == "dense_cache"
     set_backend("reference")
