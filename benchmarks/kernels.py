@@ -13,7 +13,7 @@ The floor of a format is its stored bytes divided by the read bandwidth measured
 the same thread count (a sum over 512 MB): the time a one-token (memory-bound) call cannot beat.
 Every timed call starts with its weight out of cache (a 128 MB read before each call), as a layer of
 a model at decode time; the figure is the fastest single call over interleaved rounds (see
-``time_side_by_side``). Also measured: the cost of a call on an empty layer (16 x 64, hot), and a
+``time_side_by_side``). Also measured: the cost of a call on an empty layer (16 x 128, hot), and a
 token sweep of the native decode kernel against its tiled prefill path, the per-call dequantize and
 dense bf16, which sets ``KernelOptions.cpu_2of4_max_tokens``.
 
@@ -24,6 +24,7 @@ Writes the "Per-layer kernel times" part of the results page (generate.py writes
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from optimum_awp.nn import AWPLinear, kernel_options, native, use_backend
+from optimum_awp.nn import AWPLinear, kernel_options, native
 
 SHAPES = [  # name, out, in
     ("q_proj", 1024, 640),
@@ -146,14 +147,11 @@ def layer_rows(shapes, tokens_list, rounds):
             x32 = torch.randn(tokens, in_features)
             x16 = x32.to(torch.bfloat16)
 
-            def int4_torch():
-                with use_backend("cpu_int4"):
-                    return modules["int4"](x16)
-
+            modules["int4"].backend = "cpu_int4"
             variants = {
                 "fp32": lambda: F.linear(x32, w32),
                 "bf16": lambda: F.linear(x16, w16),
-                "int4": int4_torch,
+                "int4": lambda: modules["int4"](x16),
                 "2:4": lambda: modules["2:4"](x16),
                 "2:4+int4": lambda: modules["2:4+int4"](x16),
             }
@@ -171,17 +169,17 @@ def layer_rows(shapes, tokens_list, rounds):
 
 
 def call_overhead() -> dict[str, float]:
-    """Median microseconds of a hot call on an empty layer (16 x 64, one token), per path."""
-    x = torch.randn(1, 64, dtype=torch.bfloat16)
-    w = torch.randn(16, 64, dtype=torch.bfloat16)
+    """Median microseconds of a hot call on an empty layer (16 x 128, one token), per path."""
+    x = torch.randn(1, 128, dtype=torch.bfloat16)
+    w = torch.randn(16, 128, dtype=torch.bfloat16)
     out = {"F.linear bf16": lambda: F.linear(x, w)}
     for fmt in ("int4", "2:4", "2:4+int4"):
-        m = random_module(fmt, 16, 64) if fmt != "2:4+int4" else random_module(fmt, 16, 64)
+        m = random_module(fmt, 16, 128)
         out[f"AWPLinear {fmt} (auto: {m.select_kernel(x).name})"] = (lambda m=m: m(x))
     ext = native.load()
     if ext is not None:
-        m = random_module("2:4", 16, 64)
-        args = (m.values, m.meta, None, None, 0, 64, native.isa_code())
+        m = random_module("2:4", 16, 128)
+        args = (m.values, m.meta, None, None, 0, 128, native.isa_code())
         out["native sparse_linear alone (2:4)"] = lambda: ext.sparse_linear(x, *args)
     result = {}
     with torch.inference_mode():
@@ -204,18 +202,17 @@ def token_sweep(shapes, tokens_list, rounds):
         w16 = torch.randn(out_features, in_features, dtype=torch.bfloat16)
         for fmt in ("2:4", "2:4+int4"):
             m = random_module(fmt, out_features, in_features)
+            by = {}
+            for backend in ("cpu_2of4", "cpu_2of4_tiles", "reference"):  # shallow copies share the buffers
+                by[backend] = copy.copy(m)
+                by[backend].backend = backend
             for tokens in tokens_list:
                 x = torch.randn(tokens, in_features, dtype=torch.bfloat16)
-
-                def run(backend, m=m, x=x):
-                    with use_backend(backend), kernel_options(cpu_2of4_max_tokens=1 << 30):
-                        return m(x)
-
                 variants = {
-                    "decode": lambda: run("cpu_2of4"),
-                    "tiles": lambda: run("cpu_2of4_tiles"),
-                    "dequant": lambda: run("reference"),
-                    "dense bf16": lambda: F.linear(x, w16),
+                    "decode": lambda x=x: by["cpu_2of4"](x),
+                    "tiles": lambda x=x: by["cpu_2of4_tiles"](x),
+                    "dequant": lambda x=x: by["reference"](x),
+                    "dense bf16": lambda x=x: F.linear(x, w16),
                 }
                 if tokens > 64:
                     variants.pop("decode")
@@ -287,7 +284,7 @@ def markdown(args, runs, shapes, overhead, sweep, loads) -> str:
         "Bytes per weight: fp32 4, bf16 2, int4 " + f"{bytes_per_weight('int4', 4096, 4096):.3f}, 2:4 "
         f"{bytes_per_weight('2:4', 4096, 4096):.3f}, 2:4+int4 {bytes_per_weight('2:4+int4', 4096, 4096):.3f} (g128, bf16 scales).",
         "",
-        "## Per-call overhead (empty layer, 16 x 64, one token, hot, median of 2000 calls, "
+        "## Per-call overhead (empty layer, 16 x 128, one token, hot, median of 2000 calls, "
         f"{torch.get_num_threads()} threads)",
         "",
         "| path | us per call |",
@@ -360,7 +357,8 @@ def main() -> None:
     if not args.no_sweep:
         sweep_shapes = [s for s in shapes if s[0] in ("gate/up_proj", "down_proj", "4096x4096")]
         tokens = (1, 4, 8, 16, 32, 128) if args.quick else SWEEP_TOKENS
-        sweep = token_sweep(sweep_shapes, tokens, max(2, args.rounds // 2))
+        with kernel_options(cpu_2of4_max_tokens=1 << 30):  # decode forced up to 64 tokens, set once
+            sweep = token_sweep(sweep_shapes, tokens, max(2, args.rounds // 2))
     loads.append(load_average())
     print(f"load average after: {loads[1]}", flush=True)
     text = markdown(args, runs, shapes, overhead, sweep, loads)
