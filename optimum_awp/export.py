@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_directory
 from .config import AWPConfig
 from .nn.linear import AWPLinear
 
@@ -131,14 +131,20 @@ def _local_folder(model_dir: str | os.PathLike) -> Path:
                          f"({type(err).__name__}: {err}).") from err
 
 
+def _refuse_if_not_empty(out_dir: Path) -> None:
+    if any(out_dir.iterdir()):
+        raise ValueError(f"out_dir {str(out_dir)!r} exists and is not empty.")
+
+
 def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                               max_shard_size: str = "5GB") -> Path:
     """Write the optimum-awp checkpoint ``model_dir`` (a folder or a Hub id) as a compressed-tensors checkpoint
     in ``out_dir``.
 
     The result loads with ``AutoModelForCausalLM.from_pretrained(out_dir)`` in transformers with
-    ``compressed-tensors`` installed, without optimum-awp. Written to a temporary folder and renamed
-    into place when complete. Raises ValueError for checkpoints without INT4 codes (see module doc).
+    ``compressed-tensors`` installed, without optimum-awp. Written all or nothing
+    (:func:`optimum_awp.atomic.atomic_directory`). Raises ValueError for checkpoints without INT4 codes (see
+    module doc).
     """
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -163,9 +169,7 @@ def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.Pa
              if isinstance(module, nn.Linear) and name not in awp.compressed_modules]
     state = _state_dict(model, awp.compressed_modules)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, before_replace=_refuse_if_not_empty) as staged:
         config_dict = model.config.to_dict()
         config_dict["quantization_config"] = compressed_tensors_config(awp, dense)
         (staged / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
@@ -173,12 +177,6 @@ def export_compressed_tensors(model_dir: str | os.PathLike, out_dir: str | os.Pa
         for path in model_dir.iterdir():
             if path.is_file() and (path.name in COPIED_NAMES or path.suffix in COPIED_SUFFIXES):
                 shutil.copy2(path, staged / path.name)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staged, out_dir)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     logger.info("exported %d compressed modules of %s to compressed-tensors at %s",
                 len(awp.compressed_modules), model_dir, out_dir)
     return out_dir

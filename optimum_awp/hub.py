@@ -3,8 +3,8 @@
 ``model.save_pretrained(dir)`` already writes the packed buffers (qweight int32, scales, values, meta...)
 and the ``quantization_config`` (with ``compressed_modules``). This module adds:
 
-- :func:`save_pretrained`: writes into a hidden temporary folder next to ``save_directory`` and renames it
-  into place only when everything is written, so an interrupted save never leaves a half-written model;
+- :func:`save_pretrained`: writes through :func:`optimum_awp.atomic.atomic_directory`, so ``save_directory``
+  is at every instant the complete previous folder or the complete new one, even when the save is killed;
   adds the tokenizer and a model card (README.md);
 - :func:`model_card`: a ``huggingface_hub.ModelCard`` with the base model, method and settings, size
   before and after, perplexity before and after with the evaluation settings when known, and how to load;
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from torch import nn
 
+from .atomic import atomic_directory
 from .config import AWPConfig
 from .evaluate import model_sizes
 
@@ -179,23 +179,6 @@ def check_save_directory(save_directory: str | os.PathLike) -> Path:
     return target
 
 
-def _replace_directory(staged: Path, target: Path) -> None:
-    """Move the finished ``staged`` folder to ``target``; an existing ``target`` is replaced only at the end."""
-    if not target.exists():
-        os.replace(staged, target)
-        return
-    check_save_directory(target)
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / "previous")
-    try:
-        os.replace(staged, target)
-    except BaseException:
-        os.replace(old / "previous", target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_pretrained(
     model: nn.Module,
     save_directory: str | os.PathLike,
@@ -211,25 +194,21 @@ def save_pretrained(
 ) -> Path:
     """Save a compressed model (and tokenizer, and model card) all or nothing.
 
-    Everything is written into a hidden folder next to ``save_directory`` (``.<name>.*.partial``) which is
-    renamed into place once complete; on any error or interruption the partial folder is removed and an
-    existing ``save_directory`` is left as it was. ``kwargs`` go to ``model.save_pretrained``
-    (e.g. ``max_shard_size``). Returns the path of the saved folder.
+    Everything is written into a hidden folder beside ``save_directory`` that is swapped in atomically once
+    complete (see :mod:`optimum_awp.atomic`); on any error, interruption or kill an existing
+    ``save_directory`` is left as it was, and the next save removes what a killed one left. An existing
+    folder is replaced only when it is empty or holds a model (:func:`check_save_directory`, checked before
+    writing and again before replacing). ``kwargs`` go to ``model.save_pretrained`` (e.g. ``max_shard_size``).
+    Returns the path of the saved folder.
     """
-    target = Path(save_directory).expanduser().absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
+    target = check_save_directory(save_directory)
+    with atomic_directory(target, before_replace=check_save_directory) as staged:
         model.save_pretrained(staged, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(staged)
         if card:
             model_card(model, repo_id=repo_id, base_model=base_model, perplexity=perplexity,
                        eval_settings=eval_settings, calibration=calibration).save(staged / "README.md")
-        _replace_directory(staged, target)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     logger.info("saved %s to %s", type(model).__name__, target)
     return target
 

@@ -37,7 +37,7 @@ def test_save_pretrained_writes_model_tokenizer_and_card(model, tmp_path):
     x = prompt_ids()
     assert torch.equal(again(x).logits, model(x).logits)
     card = ModelCard.load(folder / "README.md")
-    assert "import optimum_awp" in card.text and "43.500" in card.text
+    assert "pip install optimum-awp" in card.text and "43.500" in card.text
 
 
 class Interrupted(BaseException):
@@ -91,7 +91,7 @@ def test_model_card_contents(model):
     text = card.text
     for expected in ("wanda", "2:4 semi-structured sparsity", "INT4 weights (group 128, symmetric)",
                      "| group_size | `128` |", "| dense | 12.000 |", "| compressed | 13.250 |",
-                     "dataset=wikitext2, seqlen=2048", "Wikipedia (gensim sample)", "import optimum_awp",
+                     "dataset=wikitext2, seqlen=2048", "Wikipedia (gensim sample)", "pip install optimum-awp",
                      'from_pretrained("org/tiny-awp")', 'pipeline("text-generation", model="org/tiny-awp")'):
         assert expected in text, expected
     sizes = model_sizes(model)
@@ -155,7 +155,7 @@ def test_hub_round_trip(model, tmp_path):
     assert results["pipeline_remote"] == results["pipeline_local"]
     assert results["pipeline_remote"].startswith("the cat sat on the")
     assert results["commit"] == repo.sha
-    assert "import optimum_awp" in card and "41.500" in card
+    assert "pip install optimum-awp" in card and "41.500" in card
     assert lfs == {"model.safetensors"}
     assert ("POST", "/org/tiny-awp.git/info/lfs/objects/batch") in seen
     assert ("GET", "/api/models/org/tiny-awp/revision/main") in seen or any(

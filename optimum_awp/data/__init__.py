@@ -1,6 +1,6 @@
 """Calibration and evaluation text, and the embedded default model, one concern per module:
 
-- ``cache``: the cache folder and atomic publishing into it;
+- ``cache``: the cache folder (folders are written into it with :mod:`optimum_awp.atomic`);
 - ``models``: the embedded Gemma-3-270M (GGUF conversion, converted once);
 - ``sources``: the registry of text sources (:data:`TEXT_SOURCES`, :func:`register_source`), text files, lists of
   strings, the Hub datasets "wikitext2" and "c4", and :func:`dataset_kind`;

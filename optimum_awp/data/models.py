@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from .cache import apply_umask, cache_dir, publish_dir, temp_dir_beside
+from ..atomic import atomic_directory
+from .cache import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +75,15 @@ def convert_gguf(
     )
     _drop_quantization(model)
 
-    tmp = temp_dir_beside(out_dir)
-    try:
+    # overwrite=False and another process converted meanwhile: keep theirs. Files get the umask's mode (the
+    # cache may be shared; safetensors writes 0600).
+    with atomic_directory(out_dir, replace=overwrite, umask_files=True) as tmp:
         logger.info("Converting %s: saving %s weights to %s", gguf_path, model.dtype, out_dir)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         provenance = {"gguf_file": name, "gguf_bytes": gguf_path.stat().st_size, "dtype": str(model.dtype)}
         (tmp / "optimum_awp_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        apply_umask(tmp)
-        if out_dir.exists():  # overwrite: move the old folder aside first, delete it once replaced
-            old = temp_dir_beside(out_dir)
-            os.replace(out_dir, old / out_dir.name)
-            publish_dir(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-            return out_dir
-        return publish_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def _is_checkpoint(folder: Path) -> bool:

@@ -10,11 +10,11 @@ import importlib.util
 import json
 import logging
 import re
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .cache import cache_dir, publish_dir, temp_dir_beside
+from ..atomic import atomic_directory
+from .cache import cache_dir
 from .sources import SPLITS, register_source
 
 logger = logging.getLogger(__name__)
@@ -141,15 +141,11 @@ def _prepare_gensim_wiki(folder: Path) -> Path:
     parts: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for title, text in _wiki_articles(dump):
         parts[wiki_split(title)].append({"title": title, "text": text})
-    tmp = temp_dir_beside(folder)
-    try:
+    with atomic_directory(folder, replace=False) as tmp:  # another process's finished folder is kept
         for split, rows in parts.items():
             _write_jsonl(tmp / f"{split}.jsonl", rows)
             logger.info("  %s: %d articles, %d characters", split, len(rows), sum(len(r["text"]) for r in rows))
-        return publish_dir(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 @register_source("wikipedia-gensim", "Wikipedia (gensim sample)")
