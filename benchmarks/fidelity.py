@@ -438,7 +438,8 @@ def settings_lines(data: dict) -> list[str]:
               "documents)" if where == "spread" else "the first windows of the evaluation part")
     text = meta.get("text", TEXT_NAME)
     return [
-        f"- model: {meta.get('model', MODEL_NAME)}; text: {text}",
+        f"- model: {meta.get('model', MODEL_NAME)}; text: {text} (calibration / evaluation split: "
+        f"{meta.get('split', 'by article')})",
         f"- calibration: {meta['nsamples']} samples × {meta['seqlen']} tokens (BOS first) from the calibration "
         f"part of {text}, seed{'s 0..' + str(seeds - 1) if seeds > 1 else ' 0'}, the same tokens for every method "
         "of a seed",
@@ -854,8 +855,12 @@ def main(argv: list[str] | None = None) -> int:
     md.parent.mkdir(parents=True, exist_ok=True)
     json_path = md.with_suffix(".json")
 
-    from optimum_awp.data import calibration_samples, describe_source, embedded_model
+    from optimum_awp.data import TEXT_SOURCES, calibration_samples, describe_source, embedded_model
     from optimum_awp.evaluate import load_model
+
+    if args.dataset not in TEXT_SOURCES:
+        print(f"note: {args.dataset} is a file: it has no calibration/evaluation split, so both use all of it "
+              "(calibration windows are drawn from the evaluated text)", flush=True)
 
     tic = time.perf_counter()
     path = embedded_model() if args.model is None else args.model
@@ -872,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": MODEL_NAME if args.model is None else str(args.model),
         "text": TEXT_NAME if args.dataset == DEFAULT_DATASET else describe_source(args.dataset),
         "windows": "first" if args.first_windows else "spread", "seeds": args.seeds,
+        "split": "by article" if args.dataset == DEFAULT_DATASET else
+                 "the source's own" if args.dataset in TEXT_SOURCES else "none (one file for both)",
         "eval_windows_available": shared.available, "eval_articles": shared.documents,
         "eval_articles_covered": shared.covered, "eval_window_starts": shared.starts, "started": now(),
     }
