@@ -47,6 +47,16 @@ def parse_sparsity(text: str) -> float | str | None:
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'N:M' (e.g. 2:4) nor a fraction (e.g. 0.5)") from None
 
 
+def add_model_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """The optional positional MODEL: a checkpoint folder or Hub id, the embedded Gemma-3-270M by default."""
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help=f"{what} folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
+    )
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--dtype, --device, --threads: where and how the model runs."""
     from ..evaluate import DTYPES
@@ -97,8 +107,15 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
-def add_compression_arguments(parser: argparse.ArgumentParser, *, method: str = "awp", sparsity: Any = None,
-                              bits: int | None = None, nsamples: int | None = None, calib_seqlen: int | None = None) -> None:
+def add_compression_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    method: str = "awp",
+    sparsity: Any = None,
+    bits: int | None = None,
+    nsamples: int | None = None,
+    calib_seqlen: int | None = None,
+) -> None:
     """What to do (--method, --sparsity, --bits, --group-size, --asymmetric, --keep-dense), the calibration
     (--nsamples, --calib-seqlen, --seed) and every solver option, with the given defaults (None: AWPConfig's)."""
     from ..config import GROUP_SIZES, AWPConfig
@@ -107,28 +124,47 @@ def add_compression_arguments(parser: argparse.ArgumentParser, *, method: str = 
     defaults = AWPConfig(method="rtn", bits=4)  # any valid config: its common defaults
     what = parser.add_argument_group("compression")
     methods = ", ".join(f"{name} ({SOLVERS[name].summary})" for name in sorted(SOLVERS))
-    what.add_argument("--method", choices=sorted(SOLVERS), default=method, metavar="METHOD",
-                      help=f"solver, one of: {methods} (default: %(default)s)")
+    what.add_argument(
+        "--method",
+        choices=sorted(SOLVERS),
+        default=method,
+        metavar="METHOD",
+        help=f"solver, one of: {methods} (default: %(default)s)",
+    )
     what.add_argument(
         "--sparsity", type=parse_sparsity, default=sparsity,
         help="'N:M' (e.g. 2:4), a fraction pruned per row (e.g. 0.5), or none (default: %(default)s)",
     )  # fmt: skip
-    what.add_argument("--bits", type=parse_bits, default=bits, help="4 for INT4 weights, or none (default: %(default)s)")
+    what.add_argument(
+        "--bits", type=parse_bits, default=bits, help="4 for INT4 weights, or none (default: %(default)s)"
+    )
     what.add_argument(
         "--group-size", type=int, choices=GROUP_SIZES, default=defaults.group_size,
         help="inputs sharing one INT4 scale, -1 for one per row (default: %(default)s)",
     )  # fmt: skip
-    what.add_argument("--asymmetric", action="store_true", help="asymmetric INT4 grid with zero points (default: symmetric)")
+    what.add_argument(
+        "--asymmetric", action="store_true", help="asymmetric INT4 grid with zero points (default: symmetric)"
+    )
     what.add_argument(
         "--keep-dense", nargs="+", default=list(defaults.modules_to_not_convert), metavar="MODULE",
         help="module names or name suffixes left dense (default: %(default)s)",
     )  # fmt: skip
     calibration = parser.add_argument_group("calibration (the --dataset's calibration part)")
-    calibration.add_argument("--nsamples", type=positive_int, default=nsamples or defaults.nsamples,
-                             help="calibration sequences (default: %(default)s)")
-    calibration.add_argument("--calib-seqlen", type=positive_int, default=calib_seqlen or defaults.seqlen,
-                             help="tokens per calibration sequence (default: %(default)s)")
-    calibration.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sample choice (default: %(default)s)")
+    calibration.add_argument(
+        "--nsamples",
+        type=positive_int,
+        default=nsamples or defaults.nsamples,
+        help="calibration sequences (default: %(default)s)",
+    )
+    calibration.add_argument(
+        "--calib-seqlen",
+        type=positive_int,
+        default=calib_seqlen or defaults.seqlen,
+        help="tokens per calibration sequence (default: %(default)s)",
+    )
+    calibration.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the sample choice (default: %(default)s)"
+    )
     add_solver_arguments(parser)
 
 
@@ -154,8 +190,14 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
         if spec.kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            group.add_argument(flag, type=spec.kind, choices=spec.choices, default=None, help=text,
-                               metavar=None if spec.choices else spec.kind.__name__.upper())
+            group.add_argument(
+                flag,
+                type=spec.kind,
+                choices=spec.choices,
+                default=None,
+                help=text,
+                metavar=None if spec.choices else spec.kind.__name__.upper(),
+            )
 
 
 def solver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,8 +238,13 @@ def print_settings(rows: dict[str, object]) -> None:
 
 def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of ``evaluate.perplexity`` from the evaluation flags."""
-    return dict(seqlen=args.seqlen, nwindows=args.nwindows, batch_size=args.batch_size,
-                add_bos=None if args.add_bos else False, progress=args.progress)
+    return dict(
+        seqlen=args.seqlen,
+        nwindows=args.nwindows,
+        batch_size=args.batch_size,
+        add_bos=None if args.add_bos else False,
+        progress=args.progress,
+    )
 
 
 def prompt_ids(tokenizer, source, tokens: int, add_bos: bool, device):
@@ -212,7 +259,7 @@ def prompt_ids(tokenizer, source, tokens: int, add_bos: bool, device):
 
 def check_before_work(args: argparse.Namespace) -> None:
     """Refuse, before anything is loaded, what would fail after the compression: a device torch cannot use,
-    an output folder that cannot be written, a Hub repo id that is not one."""
+    an output folder that cannot be written, a text file that is not UTF-8, a Hub repo id that is not one."""
     import os
 
     import torch
@@ -234,6 +281,10 @@ def check_before_work(args: argparse.Namespace) -> None:
         raise ValueError(f"--output {str(target)!r}: {str(existing)!r} is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--output {str(target)!r}: {str(existing)!r} is not writable.")
+    if os.path.isfile(os.path.expanduser(str(args.dataset))):  # a text file: readable as UTF-8 now, not after loading
+        from ..data import load_text
+
+        load_text(args.dataset, "calibration")
     repo_id = getattr(args, "push_to_hub", None)
     if repo_id:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -244,4 +295,3 @@ def check_before_work(args: argparse.Namespace) -> None:
             raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {err}") from None
         if "/" not in repo_id:
             raise ValueError(f"--push-to-hub {repo_id!r}: give ORG/NAME, the organisation or user included.")
-
