@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["compressed_tensors_config", "export_compressed_tensors"]
 
 # Files of a checkpoint folder that the export copies unchanged (tokenizer, generation settings). Not the
-# model card: it tells readers to import optimum_awp, which the export does not need.
+# model card: it tells readers to install optimum-awp, which the export does not need.
 COPIED_SUFFIXES = (".model", ".jinja")
 COPIED_NAMES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt")
