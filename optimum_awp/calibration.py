@@ -11,12 +11,17 @@ This is the one module that knows how transformers lays out a causal LM:
 - ``BlockStatistics``: hooks on a block's ``nn.Linear`` modules accumulating C = X Xᵀ / n and mean |x|;
   linears fed the same input tensor (q/k/v, gate/up) share one statistic.
 - ``walk_blocks``: the sequential walk. Each block sees the outputs of the blocks already compressed.
+- ``onloaded``: a block whose weights accelerate keeps elsewhere (big-model inference: ``device_map``,
+  ``max_memory``, ``offload_folder``) is onloaded through its own ``AlignDevicesHook`` for the walk's step
+  and written back to the hook's store (the CPU state dict or the ``offload_folder``) afterwards, so only
+  one dense block is in memory at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +194,8 @@ def capture_block_inputs(
         return hook
 
     handles = [layer.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    # a forward set on the instance (accelerate's hooks wrap it so) is put back afterwards, not deleted
+    own_forwards = [layer.__dict__.get("forward") for layer in layers]
     for layer in layers:
         layer.forward = _passthrough
     try:
@@ -200,8 +207,10 @@ def capture_block_inputs(
     finally:
         for handle in handles:
             handle.remove()
-        for layer in layers:
+        for layer, forward in zip(layers, own_forwards):
             del layer.forward
+            if forward is not None:
+                layer.forward = forward
     return BlockInputs(hidden=hidden, calls=calls, hidden_as_keyword=as_keyword)
 
 
@@ -351,6 +360,7 @@ def walk_blocks(
     stats_dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     progress: bool = True,
+    write_back: bool = True,
 ) -> list[torch.Tensor]:
     """Walk the decoder blocks in order, compressing each one on the outputs of those before it.
 
@@ -369,41 +379,150 @@ def walk_blocks(
         stats_dtype: torch.float32 or torch.float64 accumulation.
         device: where each block runs; it is moved back to its own device afterwards.
         progress: one tqdm bar, one step per block.
+        write_back: for blocks accelerate offloads (``onloaded``): write the block's tensors back to the
+            offload store after its step (False: the store keeps the dense weights, e.g. when every
+            compressed linear is replaced by a packed module held in memory).
     Returns:
         The last block's outputs, per batch (batch, seq, hidden).
+
+    Blocks whose weights accelerate offloads (a model loaded with ``device_map``/``max_memory``/
+    ``offload_folder``) are onloaded one at a time through their hooks (``onloaded``); ``device`` then
+    overrides the hooks' execution device.
     """
     layers = decoder_layers(model)
     prefix = layers_prefix(model)
     hidden = inputs.hidden
     bar = tqdm(layers, desc="Compressing blocks", unit="block", disable=not progress)
     for index, block in enumerate(bar):
-        home = next(block.parameters()).device
-        if device is not None:
-            block.to(device)
-        calls = inputs.calls[index]
-        linears = {n: m for n, m in block_linears(block, f"{prefix}.{index}").items() if select(n)}
-        outputs = None
-        changed = False
-        if linears:
-            with BlockStatistics(block, linears, stats_dtype) as gather:
-                outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
-            stats = gather.stats()
-            del gather
-            changed = solve_block(index, block, stats)
-            del stats
-        if outputs is None or changed:
-            outputs = None
-            outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
-        if finish_block is not None:
-            finish_block(index, block)
-        if device is not None:
-            block.to(home)
-        hidden = outputs
+        with onloaded(block, device, write_back=write_back) as offloaded:
+            hidden = _walk_step(index, block, hidden, inputs, solve_block, select, finish_block, stats_dtype,
+                                None if offloaded else device, prefix)
     inputs.hidden = []
     return hidden
+
+
+def _walk_step(index: int, block: nn.Module, hidden: list[torch.Tensor], inputs: BlockInputs, solve_block: BlockSolver,
+               select: Callable[[str], bool], finish_block: Callable[[int, nn.Module], None] | None,
+               stats_dtype: torch.dtype, device: torch.device | str | None, prefix: str) -> list[torch.Tensor]:
+    """One block of ``walk_blocks``: statistics, solve, re-run, finish; returns the block's outputs per batch."""
+    home = next(block.parameters()).device
+    if device is not None:
+        block.to(device)
+    calls = inputs.calls[index]
+    linears = {n: m for n, m in block_linears(block, f"{prefix}.{index}").items() if select(n)}
+    outputs = None
+    changed = False
+    if linears:
+        with BlockStatistics(block, linears, stats_dtype) as gather:
+            outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
+        stats = gather.stats()
+        del gather
+        changed = solve_block(index, block, stats)
+        del stats
+    if outputs is None or changed:
+        outputs = None
+        outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
+    if finish_block is not None:
+        finish_block(index, block)
+    if device is not None:
+        block.to(home)
+    return outputs
 
 
 def _run_all(block: nn.Module, hidden: list[torch.Tensor], calls: list, as_keyword: bool) -> list[torch.Tensor]:
     """The block's outputs for every batch."""
     return [run_block(block, h, call, as_keyword) for h, call in zip(hidden, calls)]
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Offloaded blocks (accelerate's big-model inference).
+# --------------------------------------------------------------------------------------------------
+
+
+def offloaded_modules(module: nn.Module) -> dict[str, nn.Module]:
+    """The submodules of ``module`` (itself included, by relative name) whose tensors accelerate offloads:
+    an ``AlignDevicesHook`` with ``offload=True`` keeps them in its ``weights_map`` and on ``meta`` in the model."""
+    from accelerate.utils import has_offloaded_params
+
+    return {name: m for name, m in module.named_modules() if has_offloaded_params(m)}
+
+
+def _store_of(hook: Any) -> tuple[Any, str]:
+    """(writable mapping behind the hook's weights_map, key prefix); ValueError when there is none."""
+    from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset
+
+    weights = hook.weights_map
+    prefix = ""
+    if isinstance(weights, PrefixedDataset):
+        weights, prefix = weights.dataset, weights.prefix
+    if isinstance(weights, (dict, OffloadedWeightsLoader)):
+        return weights, prefix
+    raise ValueError(f"accelerate keeps these weights in a {type(weights).__name__}, which optimum-awp cannot write "
+                     "compressed weights back to; load the model with device_map and offload_folder (big-model "
+                     "inference) so that offloaded weights live in a CPU state dict or an offload folder.")
+
+
+def _write(store: Any, key: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` under ``key`` in an offload store: a dict, or accelerate's OffloadedWeightsLoader (its CPU
+    state dict, or its folder through accelerate's ``offload_weight``)."""
+    from accelerate.utils import offload_weight
+
+    value = tensor.detach().to("cpu")
+    if isinstance(store, dict):
+        store[key] = value.clone()
+    elif key in store.state_dict:
+        store.state_dict[key] = value.clone()
+    elif store.save_folder is not None:
+        offload_weight(value, key, store.save_folder, index=store.index)
+        if key not in store.all_keys:
+            store.all_keys.append(key)
+    else:
+        raise ValueError(f"{key} is offloaded to disk without an offload folder to write to; load the model with "
+                         "offload_folder=... to compress it block by block.")
+
+
+@contextmanager
+def onloaded(block: nn.Module, device: torch.device | str | None = None, *, write_back: bool = True) -> Iterator[bool]:
+    """Onload the tensors accelerate offloads in ``block`` for the duration, and offload them again after.
+
+    Uses each module's own ``AlignDevicesHook``: its ``pre_forward`` brings the tensors from its weights map to
+    its execution device (``device`` overrides it), then offloading is paused, so that forwards in between
+    neither reload the stored weights nor drop the ones written in place. On a normal exit, with ``write_back``,
+    every tensor of a module still in ``block`` is written to the hook's store (``_write``); after an error the
+    store keeps what it held. Then offloading is resumed and the hook's ``post_forward`` sets the tensors back
+    to ``meta``. Yields whether anything was offloaded.
+    Raises ValueError before onloading anything when a store cannot be written back.
+    """
+    from accelerate.utils import named_module_tensors
+
+    modules = offloaded_modules(block)
+    if not modules:
+        yield False
+        return
+    hooks = {name: m._hf_hook for name, m in modules.items()}
+    stores = {name: _store_of(hook) for name, hook in hooks.items()} if write_back else {}
+    original = {name: hook.execution_device for name, hook in hooks.items()}
+    for name, module in modules.items():
+        hook = hooks[name]
+        if device is not None:
+            hook.execution_device = torch.device(device)
+        hook.pre_forward(module)
+        hook.offload = False
+    completed = False
+    try:
+        yield True
+        completed = True
+    finally:
+        inside = {id(m) for m in block.modules()}
+        for name, module in modules.items():
+            hook = hooks[name]
+            if write_back and completed and id(module) in inside:
+                store, prefix = stores[name]
+                for tensor_name, tensor in named_module_tensors(module, include_buffers=hook.offload_buffers,
+                                                                recurse=hook.place_submodules,
+                                                                remove_non_persistent=True):
+                    _write(store, f"{prefix}{tensor_name}", tensor)
+            hook.offload = True
+            hook.post_forward(module, None)
+            hook.execution_device = original[name]

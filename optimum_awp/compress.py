@@ -136,7 +136,8 @@ def select_linears(model: nn.Module, spec: CompressionSpec, modules_to_not_conve
                     f"Module {name!r} (weight {linear.out_features}x{linear.in_features}) cannot be compressed: "
                     f"{err} Add it to modules_to_not_convert to keep it dense."
                 ) from None
-            check_finite(linear.weight, f"the weight of {name}")
+            if linear.weight.device.type != "meta":  # an offloaded weight is checked once onloaded
+                check_finite(linear.weight, f"the weight of {name}")
             chosen.append(name)
     return chosen, skipped
 
@@ -348,6 +349,7 @@ def compress(
         nsamples=ids.shape[0], seqlen=ids.shape[1], skipped=skipped,
     )
     wanted = set(names)
+    offloaded = {name for name in names if model.get_submodule(name).weight.device.type == "meta"}
     pending: dict[str, SolverResult] = {}
 
     def solve_block(index: int, block: nn.Module, stats: dict[str, InputStatistics]) -> bool:
@@ -357,6 +359,8 @@ def compress(
             check_finite(inputs.mean_abs, f"the calibration activations at the input of {name}")
             check_finite(inputs.covariance, f"the input statistics of {name}")
             layer_stats = LayerStats(inputs.covariance, inputs.mean_abs, inputs.nsamples)
+            if name in offloaded:
+                check_finite(linear.weight, f"the weight of {name}")
             result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, options)
             for part in ("weight", "scales"):
                 if getattr(result, part) is not None:

@@ -116,8 +116,9 @@ def check_loadable(config: AWPConfig, *, pre_quantized: bool, device_map=None) -
         raise ValueError("AWPConfig.dataset must be set to compress on load (a source name, a path, a list of "
                          "strings or token ids), got None.")
     if isinstance(device_map, dict) and {"disk"} & {str(v) for v in device_map.values()}:
-        raise ValueError(f"device_map={device_map!r} offloads to disk; optimum-awp compresses modules in memory. "
-                         "Use a device_map without 'disk'.")
+        raise ValueError(f"device_map={device_map!r} offloads to disk, which compressing on load cannot do. Load the "
+                         "dense model with this device_map and offload_folder (no quantization_config), then call "
+                         "optimum_awp.compress(model, config): it onloads one block at a time.")
 
 
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:

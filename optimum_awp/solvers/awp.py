@@ -46,6 +46,7 @@ pruned.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -209,13 +210,15 @@ def iht(
     for iterations in range(1, max_iterations + 1):
         if momentum and prev_theta is not None:
             beta = (restart - 1) / (restart + 2)
-            y = theta + beta * (theta - prev_theta)
-            gy = (1 + beta) * grad - beta * prev_grad  # (W - Y) C, by linearity: no extra product
+            # Y = Θ + β (Θ - Θ_prev) and (W - Y) C = (1 + β) G - β G_prev (affine in Θ: no extra product),
+            # each as one fused lerp
+            y = torch.lerp(prev_theta, theta, 1 + beta)
+            gy = torch.lerp(prev_grad, grad, 1 + beta)
         else:
             y, gy = theta, grad
         z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
         new_mask = projector(z if scale is None else z * scale, mask)
-        new_theta = z * new_mask
+        new_theta = z.mul_(new_mask)
         new_grad, new_loss = _objective(target, c, new_theta, c_product)
         history.append(new_loss / norm)
         change = abs(loss - new_loss) / max(loss, 1e-30)
@@ -227,6 +230,56 @@ def iht(
         if change < tolerance:
             break
     return best[1], best[2], iterations
+
+
+def polish(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    mask: torch.Tensor,
+    preconditioner: torch.Tensor,
+    *,
+    max_iterations: int = 10,
+    tolerance: float = 1e-5,
+    norm: float = 1.0,
+    history: list[float] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Minimise L over the values of ``theta`` (out, in) on the fixed support ``mask`` (out, in), in C's dtype.
+
+    Jacobi-preconditioned conjugate gradients, every row its own problem (its own α, β) and all rows in
+    one (out, in) @ (in, in) product per iteration; ``preconditioner`` (in,) is diag(C) (positive).
+    Conjugate gradients never increase L, so the result is never worse than ``theta``. Stops after
+    ``max_iterations`` or when the relative change of L falls below ``tolerance``; appends ``L / norm``
+    to ``history``. Returns the polished Θ (zero off the support) and the iterations run.
+    """
+    history = [] if history is None else history
+    keep = mask.to(c.dtype)
+    theta = theta * keep
+    grad = (target - theta) @ c  # minus half the gradient, full (its off-support part gives L)
+    loss = float(torch.dot(grad.reshape(-1), (target - theta).reshape(-1)))
+    residual = grad * keep
+    direction = residual / preconditioner
+    rz = (residual * direction).sum(1)
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        product = direction @ c
+        curvature = (direction * product).sum(1)
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
+        theta = theta.addcmul_(alpha.unsqueeze(1), direction)
+        grad = grad.addcmul_(alpha.unsqueeze(1), product, value=-1.0)
+        new_loss = float(torch.dot(grad.reshape(-1), (target - theta).reshape(-1)))
+        history.append(new_loss / norm)
+        change = abs(loss - new_loss) / max(loss, 1e-30)
+        loss = new_loss
+        if change < tolerance:
+            break
+        residual = grad * keep
+        z = residual / preconditioner
+        rz_new = (residual * z).sum(1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+        direction = z.addcmul_(beta.unsqueeze(1), direction)
+        rz = rz_new
+    return theta, iterations
 
 
 def least_squares_scales(
@@ -307,8 +360,11 @@ class AWPOptions(SolverOptions):
     momentum: bool = option(True, "Nesterov momentum with adaptive restart (the best iterate is kept)")
     scope: str = option("row", "unstructured sparsity per row (each row keeps the same count) or per layer "
                         "(N:M ignores it)", choices=SCOPES)
-    bf16_products: bool = option(False, "iteration products (W - Θ) C in bfloat16 (faster on AVX512-BF16 CPUs "
-                                 "and GPUs; objective and grid phase stay float32)")
+    bf16_products: bool = option(True, "iteration products (W - Θ) C in bfloat16 (faster on AVX512-BF16/AMX CPUs "
+                                 "and GPUs, slower where bf16 is emulated; polish, objective and grid phase stay "
+                                 "float32)")
+    polish_iterations: int = option(10, "after the sparsity phase, at most this many float32 conjugate-gradient "
+                                    "iterations on the values of the fixed support (never increases L)", minimum=0)
 
 
 @register_solver("awp", options=AWPOptions, summary="projected gradient descent on the layer objective (this package)")
@@ -319,7 +375,8 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     """
     check_problem(weight, stats, spec)
     out_features, in_features = weight.shape
-    c, dead = prepare_covariance(stats.covariance, options.damping)
+    prepared = _prepare(stats.covariance, options.damping, options.step if spec.prunes else None)
+    c, dead = prepared.c, prepared.dead
     target = weight.to(torch.float32).clone()
     target[:, dead] = 0
     norm = float(((target @ c) * target).sum())
@@ -330,7 +387,6 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     theta = target.clone()
     mask = None
     if spec.prunes:
-        eta, scale = _step(c, dead, options.step)
         projector = SparseProjector(spec, in_features, options.scope)
         theta0, mask0 = _start(weight, stats.covariance, spec, options.init, per_row=options.scope == "row")
         if projector.layer and int(mask0.sum()) > projector.k * out_features:
@@ -338,10 +394,14 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
             mask0 = projector(theta0, None) & mask0
             theta0 = theta0 * mask0
         theta, mask, iterations = iht(
-            target, c, theta0, mask0, projector, eta, scale=scale, max_iterations=options.max_iterations,
-            tolerance=options.tolerance, momentum=options.momentum, norm=norm, history=history,
-            bf16_products=options.bf16_products,
+            target, c, theta0, mask0, projector, prepared.eta, scale=prepared.scale,
+            max_iterations=options.max_iterations, tolerance=options.tolerance, momentum=options.momentum, norm=norm,
+            history=history, bf16_products=options.bf16_products,
         )
+        if options.polish_iterations:
+            theta, polished = polish(target, c, theta, mask, prepared.diagonal, max_iterations=options.polish_iterations,
+                                     tolerance=options.tolerance / 10, norm=norm, history=history)
+            iterations += polished
         last = history[-1] if history else float("nan")
         logger.debug("awp sparse phase: %d iterations, objective %.4g", iterations, last)
 
@@ -360,6 +420,54 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
         best_loss = loss
     history.append(best_loss / norm)
     return point.to_result(weight, stats.covariance, iterations=iterations, history=history)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every layer fed one covariance shares: damped C (in, in) float32, dead inputs (in,), the step η
+    (a float or (in,)), the projection's score scale (in,) or None, and diag(C) with dead entries 1 (in,)."""
+
+    c: torch.Tensor
+    dead: torch.Tensor
+    eta: torch.Tensor | float
+    scale: torch.Tensor | None
+    diagonal: torch.Tensor
+
+
+_LAST: dict[str, object] = {}
+
+
+def _prepare(covariance: torch.Tensor, damping: float, step: str | None) -> _Prepared:
+    """The damped C, its dead inputs and the step for ``covariance``, computed once per covariance tensor.
+
+    Linears fed the same input (q/k/v, gate/up) get the very same covariance tensor from the calibration
+    (``BlockStatistics``); they are solved one after the other, so the last preparation is kept, keyed on
+    the tensor's identity (a weak reference: it is dropped with the statistics) and on the options it
+    depends on. The power iteration for λ_max then runs once per group, not once per linear.
+    """
+    try:
+        version = covariance._version  # an in-place change of the tensor makes it a new one
+    except RuntimeError:  # an inference-mode tensor has no version counter: never kept
+        version = None
+    key = (damping, step, version)
+    ref = _LAST.get("covariance")
+    if version is not None and ref is not None and ref() is covariance and _LAST.get("key") == key:
+        return _LAST["prepared"]  # type: ignore[return-value]
+    c, dead = prepare_covariance(covariance, damping)
+    diagonal = torch.diagonal(c).clone()
+    diagonal[dead | (diagonal <= 0)] = 1.0
+    eta, scale = _step(c, dead, step) if step is not None else (0.0, None)
+    prepared = _Prepared(c, dead, eta, scale, diagonal)
+    _LAST.clear()
+    if version is not None:
+        _LAST.update(covariance=weakref.ref(covariance, _forget), key=key, prepared=prepared)
+    return prepared
+
+
+def _forget(ref: weakref.ref) -> None:
+    """Drop the kept preparation when its covariance is freed (and only then)."""
+    if _LAST.get("covariance") is ref:
+        _LAST.clear()
 
 
 def _step(c: torch.Tensor, dead: torch.Tensor, step: str) -> tuple[torch.Tensor | float, torch.Tensor | None]:

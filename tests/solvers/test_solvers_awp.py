@@ -17,12 +17,13 @@ from optimum_awp.solvers.awp import (
     SparseProjector,
     lambda_max,
     least_squares_scales,
+    polish,
     prepare_covariance,
 )
 from optimum_awp.solvers.sparsegpt import obs_compress
 
-# the monotone variant (exact projection, no momentum, the undamped objective): L never increases
-MONOTONE = {"momentum": False, "damping": 0.0}
+# the monotone variant (exact projection, no momentum, the undamped objective, float32 products): L never increases
+MONOTONE = {"momentum": False, "damping": 0.0, "bf16_products": False, "polish_iterations": 0}
 
 
 def _toeplitz_problem(seed, rho=0.3, out_features=6, in_features=8):
@@ -222,7 +223,7 @@ def test_layer_scope_from_sparsegpt_is_no_worse_than_sparsegpt():
 def test_bf16_products_stay_close_and_report_the_exact_objective(spec):
     weight, stats = correlated_problem(32, 128)
     options = dict(step="diagonal", momentum=True, max_iterations=40)
-    full = get_solver("awp")(weight, stats, spec, **options)
+    full = get_solver("awp")(weight, stats, spec, bf16_products=False, **options)
     fast = get_solver("awp")(weight, stats, spec, bf16_products=True, **options)
     assert fast.objective == pytest.approx(output_error(weight, fast.weight, stats.covariance), rel=1e-5)
     assert fast.objective <= 1.05 * full.objective
@@ -235,3 +236,65 @@ def test_bf16_products_is_validated():
     weight, stats = correlated_problem(4, 32)
     with pytest.raises(ValueError, match="AWPOptions.bf16_products must be a bool, got 'yes'"):
         get_solver("awp")(weight, stats, CompressionSpec(sparsity=0.5), bf16_products="yes")
+
+
+def _support_optimum(weight, covariance, mask):
+    """Per row, the exact minimiser of (w - θ) C (w - θ)ᵀ with θ zero off the row's support (float64)."""
+    c, w = covariance.double(), weight.double()
+    theta = torch.zeros_like(w)
+    for r in range(w.shape[0]):
+        s = mask[r].nonzero().flatten()
+        theta[r, s] = torch.linalg.solve(c[s][:, s], (w[r] @ c)[s])
+    return theta
+
+
+def test_polish_reaches_the_optimum_of_the_fixed_support_and_never_increases_l():
+    weight, stats = correlated_problem(8, 32)
+    c, _ = prepare_covariance(stats.covariance)
+    mask = get_solver("wanda")(weight, stats, CompressionSpec(sparsity=0.5)).mask
+    start = weight * mask
+    history = []
+    theta, iterations = polish(weight, c, start, mask, torch.diagonal(c).clone(), max_iterations=32, tolerance=0.0,
+                               history=history)
+    assert torch.equal(theta != 0, mask & (theta != 0)), "nothing off the support"
+    optimum = _support_optimum(weight, stats.covariance, mask)
+    assert torch.allclose(theta.double(), optimum, atol=1e-3)
+    start_loss = relative_objective(weight, start, stats.covariance) * float(((weight @ c) * weight).sum())
+    assert all(b <= a * (1 + 1e-5) for a, b in zip([start_loss] + history, history))
+
+
+@pytest.mark.parametrize("spec", [CompressionSpec(sparsity=0.7), CompressionSpec(pattern=(2, 4)),
+                                  CompressionSpec(pattern=(2, 4), bits=4, group_size=32)])
+def test_polish_iterations_lower_or_keep_the_objective_on_the_same_mask(spec):
+    weight, stats = correlated_problem(32, 128)
+    options = dict(bf16_products=True, max_iterations=30)
+    plain = get_solver("awp")(weight, stats, spec, polish_iterations=0, **options)
+    polished = get_solver("awp")(weight, stats, spec, polish_iterations=10, **options)
+    assert torch.equal(plain.mask, polished.mask)
+    assert polished.objective <= plain.objective * (1 + 1e-6)
+    assert polished.iterations > plain.iterations
+    assert polished.objective == pytest.approx(output_error(weight, polished.weight, stats.covariance), rel=1e-5)
+
+
+def test_layers_sharing_a_covariance_share_its_preparation(monkeypatch):
+    """q/k/v (gate/up) get the same covariance tensor: λ_max runs once for the group, again for a new or
+    changed covariance, and the results equal those of fresh preparations."""
+    import optimum_awp.solvers.awp as awp_module
+
+    calls = []
+    real = awp_module.lambda_max
+    monkeypatch.setattr(awp_module, "lambda_max", lambda *a, **k: calls.append(1) or real(*a, **k))
+    weight, stats = correlated_problem(16, 64)
+    spec = CompressionSpec(sparsity=0.5)
+    first = get_solver("awp")(weight, stats, spec, max_iterations=5)
+    second = get_solver("awp")(weight[:8], stats, spec, max_iterations=5)
+    assert len(calls) == 1
+    awp_module._LAST.clear()
+    assert torch.equal(get_solver("awp")(weight[:8], stats, spec, max_iterations=5).weight, second.weight)
+    assert len(calls) == 2
+    other = LayerStats(stats.covariance.clone())
+    assert torch.equal(get_solver("awp")(weight, other, spec, max_iterations=5).weight, first.weight)
+    assert len(calls) == 3
+    other.covariance.mul_(2.0)  # changed in place: prepared again
+    get_solver("awp")(weight, other, spec, max_iterations=5)
+    assert len(calls) == 4
