@@ -185,7 +185,7 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
     for name, owners in solver_flags().items():
         spec = owners[0][1]
         where = ", ".join(f"{method} {owner.default!r}" for method, owner in owners)
-        text = f"{spec.help} [{where}]"
+        text = f"{spec.help} [{where}]".replace("%", "%%")  # argparse formats help with %
         flag = "--" + name.replace("_", "-")
         if spec.kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -4,35 +4,36 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import (
-    add_evaluation_arguments,
-    add_progress_argument,
-    add_runtime_arguments,
-    add_text_argument,
-    apply_threads,
-    describe_model,
-    eval_kwargs,
-    positive_int,
-    print_settings,
-    prompt_ids,
-)  # fmt: skip
+from . import arguments
 from .registry import register_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", nargs="?", default=None,
-        help="checkpoint folder or Hub id, compressed or dense (default: the embedded Gemma-3-270M)",
-    )  # fmt: skip
-    add_text_argument(parser)
-    add_evaluation_arguments(parser, seqlen=512, nwindows=16)
+    arguments.add_model_argument(parser, "checkpoint (compressed or dense)")
+    arguments.add_text_argument(parser)
+    arguments.add_evaluation_arguments(parser, seqlen=512, nwindows=16)
     parser.add_argument("--no-ppl", dest="ppl", action="store_false", help="skip the perplexity")
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length for the speed runs (default: %(default)s)")
-    speed.add_argument("--new-tokens", type=positive_int, default=64, help="greedy tokens generated per speed run (default: %(default)s)")
-    speed.add_argument("--repeats", type=positive_int, default=3, help="speed runs; the median is reported (default: %(default)s)")
-    add_progress_argument(parser)
-    add_runtime_arguments(parser)
+    speed.add_argument(
+        "--prompt-tokens",
+        type=arguments.positive_int,
+        default=128,
+        help="prompt length for the speed runs (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--new-tokens",
+        type=arguments.positive_int,
+        default=64,
+        help="greedy tokens generated per speed run (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--repeats",
+        type=arguments.positive_int,
+        default=3,
+        help="speed runs; the median is reported (default: %(default)s)",
+    )
+    arguments.add_progress_argument(parser)
+    arguments.add_runtime_arguments(parser)
 
 
 @register_command("bench", "size, perplexity and generation speed of a checkpoint", add_arguments)
@@ -50,13 +51,13 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     from ..hub import config_summary
 
-    apply_threads(args)
+    arguments.apply_threads(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     quant = getattr(model.config, "quantization_config", None)
     sizes = model_sizes(model)
     on_disk = checkpoint_bytes(embedded_model() if args.model is None else args.model)
-    print_settings({
-        "model": describe_model(args.model),
+    arguments.print_settings({
+        "model": arguments.describe_model(args.model),
         "format": f"{config_summary(model)}, {len(quant.compressed_modules or {})} packed linears"
         if isinstance(quant, AWPConfig) else "dense (not compressed by optimum-awp)",
         "on disk": f"{on_disk / 2**20:.2f} MiB" if on_disk is not None else "(not a local folder)",
@@ -65,10 +66,14 @@ def run_bench(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
     })  # fmt: skip
     if args.ppl:
-        result = perplexity(model, tokenizer, args.dataset, **eval_kwargs(args))
+        result = perplexity(model, tokenizer, args.dataset, **arguments.eval_kwargs(args))
         print(f"perplexity: {result.ppl:.4f} ({result.tokens:,} tokens, {result.windows} windows of {result.seqlen})")
-    prompt = prompt_ids(tokenizer, args.dataset, args.prompt_tokens, args.add_bos, next(model.parameters()).device)
+    prompt = arguments.prompt_ids(
+        tokenizer, args.dataset, args.prompt_tokens, args.add_bos, next(model.parameters()).device
+    )
     prefill, decode = generation_speed(model, prompt, args.new_tokens, args.repeats)
-    print(f"speed: prefill {prefill:,.1f} tokens/s ({prompt.shape[1]}-token prompt), "
-          f"decode {decode:,.1f} tokens/s (batch 1, {args.new_tokens} greedy tokens, median of {args.repeats})")
+    print(
+        f"speed: prefill {prefill:,.1f} tokens/s ({prompt.shape[1]}-token prompt), "
+        f"decode {decode:,.1f} tokens/s (batch 1, {args.new_tokens} greedy tokens, median of {args.repeats})"
+    )
     return 0

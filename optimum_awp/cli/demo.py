@@ -21,21 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from .arguments import (
-    add_compression_arguments,
-    add_evaluation_arguments,
-    add_progress_argument,
-    add_runtime_arguments,
-    add_text_argument,
-    apply_threads,
-    check_before_work,
-    config_from_args,
-    describe_model,
-    eval_kwargs,
-    positive_int,
-    print_settings,
-    prompt_ids,
-)
+from . import arguments
 from .registry import register_command
 
 DEMO_OUTPUT = "out/gemma-3-270m-awp-2of4-int4"
@@ -52,20 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None,
         help="dense checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
     )  # fmt: skip
-    parser.add_argument("-o", "--output", default=DEMO_OUTPUT, help="folder for the compressed checkpoint (default: %(default)s)")
-    parser.add_argument("--also", choices=sorted(ALSO), default="int4",
-                        help="a second setting compressed side by side with the same method: INT4 alone, 2:4 alone, "
-                        "or none (default: %(default)s)")
-    parser.add_argument("--also-output", default=ALSO_OUTPUT, help="folder for the second checkpoint (default: %(default)s)")
-    add_text_argument(parser)
+    parser.add_argument(
+        "-o", "--output", default=DEMO_OUTPUT, help="folder for the compressed checkpoint (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--also",
+        choices=sorted(ALSO),
+        default="int4",
+        help="a second setting compressed side by side with the same method: INT4 alone, 2:4 alone, "
+        "or none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--also-output", default=ALSO_OUTPUT, help="folder for the second checkpoint (default: %(default)s)"
+    )
+    arguments.add_text_argument(parser)
     # 32 x 512 calibration tokens: the papers use 128 x 2048, which takes hours on a 2-core CPU
-    add_compression_arguments(parser, sparsity="2:4", bits=4, nsamples=32, calib_seqlen=512)
-    add_evaluation_arguments(parser, seqlen=512, nwindows=32)
+    arguments.add_compression_arguments(parser, sparsity="2:4", bits=4, nsamples=32, calib_seqlen=512)
+    arguments.add_evaluation_arguments(parser, seqlen=512, nwindows=32)
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--new-tokens", type=positive_int, default=32, help="greedy tokens per speed run and per sample (default: %(default)s)")
-    speed.add_argument("--repeats", type=positive_int, default=3, help="interleaved speed runs per model; the best is reported (default: %(default)s)")
-    add_progress_argument(parser)
-    add_runtime_arguments(parser)
+    speed.add_argument(
+        "--new-tokens",
+        type=arguments.positive_int,
+        default=32,
+        help="greedy tokens per speed run and per sample (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--repeats",
+        type=arguments.positive_int,
+        default=3,
+        help="interleaved speed runs per model; the best is reported (default: %(default)s)",
+    )
+    arguments.add_progress_argument(parser)
+    arguments.add_runtime_arguments(parser)
     parser.set_defaults(dtype="bfloat16")
 
 
@@ -105,7 +109,7 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
 
 def configs(args: argparse.Namespace) -> list[tuple[object, str]]:
     """(AWPConfig, output folder) of the main setting and of ``--also``, validated before any work."""
-    main = config_from_args(args)
+    main = arguments.config_from_args(args)
     out = [(main, args.output)]
     also = ALSO[args.also]
     if also is not None and also != (main.sparsity, main.bits):
@@ -124,8 +128,10 @@ def reload_and_check(folder: Path, model, tokenizer, args, device) -> tuple[bool
     tic = time.perf_counter()
     generator = pipeline("text-generation", model=str(folder), device=args.device)
     packed = sum(isinstance(m, AWPLinear) for m in generator.model.modules())
-    print(f"{folder}: loaded in {time.perf_counter() - tic:.1f} s, {packed} packed linears "
-          f"({config_summary(generator.model)})")
+    print(
+        f"{folder}: loaded in {time.perf_counter() - tic:.1f} s, {packed} packed linears "
+        f"({config_summary(generator.model)})"
+    )
     greedy = dict(max_new_tokens=args.new_tokens, do_sample=False)
     with torch.inference_mode():
         expected = model.generate(**tokenizer(DEMO_PROMPTS[0], return_tensors="pt").to(device), **greedy)
@@ -163,13 +169,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = configs(args)  # validated before any work
-    check_before_work(args)
+    arguments.check_before_work(args)
     for _, folder in settings[1:]:
         check_save_directory(folder)
-    apply_threads(args)
+    arguments.apply_threads(args)
     print("== 1/5 the model and the text (converted once, then cached)")
     model_path = args.model or embedded_model()
-    print_settings({"model": describe_model(args.model)})
+    arguments.print_settings({"model": arguments.describe_model(args.model)})
     prepare_text(model_path, args.dataset)
     dense, tokenizer = load_model(model_path, dtype=args.dtype, device=args.device)
     device = next(dense.parameters()).device
@@ -177,23 +183,29 @@ def run_demo(args: argparse.Namespace) -> int:
 
     print("== 2/5 dense baseline")
     rows = {"dense": {"model": f"dense ({str(dense.dtype).removeprefix('torch.')})"}}
-    result = perplexity(dense, tokenizer, args.dataset, **eval_kwargs(args))
+    result = perplexity(dense, tokenizer, args.dataset, **arguments.eval_kwargs(args))
     print(f"perplexity {result.ppl:.4f} over {result.tokens:,} tokens ({result.windows} windows of {result.seqlen})")
     # what the dense model in its dtype takes, and would take as safetensors (the embedded checkpoint on disk is
     # float32: it is not the baseline)
     dense_bytes = dense_disk = model_sizes(dense)["compressed"]
-    rows["dense"].update({"ppl": result.ppl, "bytes": dense_bytes, "disk": dense_disk, "time": f"eval {result.seconds:.0f} s"})
+    rows["dense"].update(
+        {"ppl": result.ppl, "bytes": dense_bytes, "disk": dense_disk, "time": f"eval {result.seconds:.0f} s"}
+    )
     models, folders = {"dense": dense}, {}
 
-    print(f"== 3/5 compressing on {settings[0][0].nsamples} x {settings[0][0].seqlen} calibration tokens of "
-          f"{describe_source(args.dataset)}")
+    print(
+        f"== 3/5 compressing on {settings[0][0].nsamples} x {settings[0][0].seqlen} calibration tokens of "
+        f"{describe_source(args.dataset)}"
+    )
     for config, output in settings:
         label = short_label(config)
         model, _ = load_model(model_path, dtype=args.dtype, device=args.device)
         report = compress(model, config, tokenizer=tokenizer, device=args.device, progress=args.progress)
-        print(f"{label}: compressed {len(report.layers)} linears in {report.seconds:.1f} s "
-              f"(mean relative layer objective {report.mean_objective:.5f}); kept dense: {', '.join(report.skipped) or '-'}")
-        after = perplexity(model, tokenizer, args.dataset, **eval_kwargs(args))
+        print(
+            f"{label}: compressed {len(report.layers)} linears in {report.seconds:.1f} s "
+            f"(mean relative layer objective {report.mean_objective:.5f}); kept dense: {', '.join(report.skipped) or '-'}"
+        )
+        after = perplexity(model, tokenizer, args.dataset, **arguments.eval_kwargs(args))
         print(f"{label}: perplexity {after.ppl:.4f}")
         folders[label] = save_pretrained(
             model, output, tokenizer=tokenizer, base_model=args.model or "google/gemma-3-270m (dequantized Q4_K_M GGUF)",
@@ -203,16 +215,22 @@ def run_demo(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"{label}: saved to {folders[label]}")
         models[label] = model
-        rows[label] = {"model": label, "ppl": after.ppl, "bytes": model_sizes(model)["compressed"],
-                       "disk": checkpoint_bytes(folders[label]),
-                       "time": f"compress {report.seconds:.0f} s, eval {after.seconds:.0f} s"}
+        rows[label] = {
+            "model": label,
+            "ppl": after.ppl,
+            "bytes": model_sizes(model)["compressed"],
+            "disk": checkpoint_bytes(folders[label]),
+            "time": f"compress {report.seconds:.0f} s, eval {after.seconds:.0f} s",
+        }
 
     print(f"== 4/5 greedy decode speed, {args.new_tokens} tokens, the models taking turns, best of {args.repeats}")
-    prompt = prompt_ids(tokenizer, args.dataset, 128, args.add_bos, device)
+    prompt = arguments.prompt_ids(tokenizer, args.dataset, 128, args.add_bos, device)
     speeds, loads = interleaved_decode_speed(models, prompt, args.new_tokens, args.repeats)
     busy = max(loads) > BUSY_LOAD
-    print(f"load average {loads[0]:.2f} before, {loads[1]:.2f} after"
-          + (f": WARNING, the machine is busy (> {BUSY_LOAD}), the speeds are not reliable" if busy else ""))
+    print(
+        f"load average {loads[0]:.2f} before, {loads[1]:.2f} after"
+        + (f": WARNING, the machine is busy (> {BUSY_LOAD}), the speeds are not reliable" if busy else "")
+    )
 
     print("== 5/5 reload with pipeline('text-generation', model=FOLDER): rebuilt from the packed tensors")
     generators, same = {"dense": pipeline("text-generation", model=dense, tokenizer=tokenizer)}, True
@@ -236,8 +254,12 @@ def run_demo(args: argparse.Namespace) -> int:
         })  # fmt: skip
     print()
     print(markdown_table(table))
-    print(f"(dense on disk: its weights in {str(dense.dtype).removeprefix('torch.')}; decode speeds "
-          f"interleaved, best of {args.repeats}, load average {loads[0]:.2f} -> {loads[1]:.2f}"
-          f"{', BUSY' if busy else ''}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads)")
-    print(f"\ndemo wall time: {time.perf_counter() - started:.1f} s; the checkpoints are in {', '.join(map(str, folders.values()))}")
+    print(
+        f"(dense on disk: its weights in {str(dense.dtype).removeprefix('torch.')}; decode speeds "
+        f"interleaved, best of {args.repeats}, load average {loads[0]:.2f} -> {loads[1]:.2f}"
+        f"{', BUSY' if busy else ''}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"\ndemo wall time: {time.perf_counter() - started:.1f} s; the checkpoints are in {', '.join(map(str, folders.values()))}"
+    )
     return 0 if same else 1

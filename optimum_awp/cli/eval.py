@@ -5,28 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from .arguments import (
-    add_evaluation_arguments,
-    add_progress_argument,
-    add_runtime_arguments,
-    add_text_argument,
-    apply_threads,
-    describe_model,
-    eval_kwargs,
-    print_settings,
-)  # fmt: skip
+from . import arguments
 from .registry import register_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", nargs="?", default=None,
-        help="local checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)",
-    )  # fmt: skip
-    add_text_argument(parser)
-    add_evaluation_arguments(parser, seqlen=2048, nwindows=None)
-    add_progress_argument(parser)
-    add_runtime_arguments(parser)
+    arguments.add_model_argument(parser, "local checkpoint")
+    arguments.add_text_argument(parser)
+    arguments.add_evaluation_arguments(parser, seqlen=2048, nwindows=None)
+    arguments.add_progress_argument(parser)
+    arguments.add_runtime_arguments(parser)
 
 
 @register_command("eval", "perplexity of a model (Wanda/SparseGPT protocol)", add_arguments)
@@ -37,12 +25,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..data import describe_source
     from ..evaluate import load_model, perplexity
 
-    apply_threads(args)
-    print_settings({"model": describe_model(args.model)})
+    arguments.apply_threads(args)
+    arguments.print_settings({"model": arguments.describe_model(args.model)})
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     bos = tokenizer.bos_token if args.add_bos and tokenizer.bos_token_id is not None else None
-    print_settings({
+    arguments.print_settings({
         "loaded in": f"{time.perf_counter() - started:.1f} s",
         "text": f"{describe_source(args.dataset)}, evaluation part",
         "windows": f"up to {args.nwindows or 'all'} x {args.seqlen} tokens, "
@@ -51,7 +39,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "device": str(next(model.parameters()).device),
         "threads": torch.get_num_threads(),
     })  # fmt: skip
-    result = perplexity(model, tokenizer, args.dataset, **eval_kwargs(args))
+    result = perplexity(model, tokenizer, args.dataset, **arguments.eval_kwargs(args))
     print(
         f"perplexity: {result.ppl:.4f}  (nll {result.nll:.4f} nats/token over {result.tokens:,} tokens, "
         f"{result.windows} windows of {result.seqlen}, {result.seconds:.1f} s)"

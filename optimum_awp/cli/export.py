@@ -22,6 +22,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ..export import export_compressed_tensors
 
     out = export_compressed_tensors(args.model, args.output)
-    print(f"exported {args.model} as {args.format} to {out}; it loads with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and compressed-tensors installed")
+    print(
+        f"exported {args.model} as {args.format} to {out}; it loads with "
+        f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and compressed-tensors installed"
+    )
     return 0

@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level of optimum_awp's messages; DEBUG also shows tracebacks (default: INFO)",
     )  # fmt: skip
     subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, help="what to do; `optimum-awp COMMAND --help` for its options"
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        help="what to do; `optimum-awp COMMAND --help` for its options",
     )
     for command in COMMANDS.values():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
