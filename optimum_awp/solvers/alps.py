@@ -76,8 +76,8 @@ class ALPSOptions(SolverOptions):
                         "and opt.py pass 0.1)", minimum=1e-8)
     max_iterations: int = option(300, "iteration cap of the ADMM", minimum=0)
     update_every: int = option(3, "ADMM iterations between support comparisons and penalty updates", minimum=1)
-    switch_iterations: int = option(30, "ADMM iterations before the support-stability stop (changes < 0.03 %) "
-                                    "may fire", minimum=0)
+    switch_iterations: int = option(30, "ADMM iterations before the support-stability stop (fewer than 3 in "
+                                    "10000 kept entries changed) may fire", minimum=0)
     cg_iterations: int = option(10, "conjugate-gradient iterations on the fixed support", minimum=0)
     cg_tolerance: float = option(1e-4, "CG stops when every row's restricted residual is below this fraction of "
                                  "its right-hand side", minimum=0.0)
