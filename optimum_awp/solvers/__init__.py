@@ -1,7 +1,7 @@
 """Compression solvers: pure tensor functions registered by name (see ``base``).
 
 Importing this package registers every solver: "magnitude", "wanda", "rtn", "sparsegpt",
-"gptq", "awq" and "awp".
+"gptq", "awq", "alps" and "awp".
 """
 
 from . import alps, awp, awq, gptq, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
