@@ -103,6 +103,15 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, seqlen: int, nwind
     )  # fmt: skip
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser, new_tokens: int, repeats: int, runs: str) -> argparse._ArgumentGroup:
+    """--new-tokens and --repeats of the speed runs; ``runs`` says how the repeats are combined."""
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--new-tokens", type=positive_int, default=new_tokens,
+                       help="greedy tokens generated per speed run (default: %(default)s)")
+    speed.add_argument("--repeats", type=positive_int, default=repeats, help=f"{runs} (default: %(default)s)")
+    return speed
+
+
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 

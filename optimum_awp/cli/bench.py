@@ -13,25 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arguments.add_text_argument(parser)
     arguments.add_evaluation_arguments(parser, seqlen=512, nwindows=16)
     parser.add_argument("--no-ppl", dest="ppl", action="store_false", help="skip the perplexity")
-    speed = parser.add_argument_group("speed")
-    speed.add_argument(
-        "--prompt-tokens",
-        type=arguments.positive_int,
-        default=128,
-        help="prompt length for the speed runs (default: %(default)s)",
-    )
-    speed.add_argument(
-        "--new-tokens",
-        type=arguments.positive_int,
-        default=64,
-        help="greedy tokens generated per speed run (default: %(default)s)",
-    )
-    speed.add_argument(
-        "--repeats",
-        type=arguments.positive_int,
-        default=3,
-        help="speed runs; the median is reported (default: %(default)s)",
-    )
+    speed = arguments.add_speed_arguments(parser, 64, 3, "speed runs; the median is reported")
+    speed.add_argument("--prompt-tokens", type=arguments.positive_int, default=128,
+                       help="prompt length for the speed runs (default: %(default)s)")
     arguments.add_progress_argument(parser)
     arguments.add_runtime_arguments(parser)
 

@@ -55,19 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # 32 x 512 calibration tokens: the papers use 128 x 2048, which takes hours on a 2-core CPU
     arguments.add_compression_arguments(parser, sparsity="2:4", bits=4, nsamples=32, calib_seqlen=512)
     arguments.add_evaluation_arguments(parser, seqlen=512, nwindows=32)
-    speed = parser.add_argument_group("speed")
-    speed.add_argument(
-        "--new-tokens",
-        type=arguments.positive_int,
-        default=32,
-        help="greedy tokens per speed run and per sample (default: %(default)s)",
-    )
-    speed.add_argument(
-        "--repeats",
-        type=arguments.positive_int,
-        default=3,
-        help="interleaved speed runs per model; the best is reported (default: %(default)s)",
-    )
+    arguments.add_speed_arguments(parser, 32, 3, "interleaved speed runs per model; the best is reported")
     arguments.add_progress_argument(parser)
     arguments.add_runtime_arguments(parser)
     parser.set_defaults(dtype="bfloat16")
