@@ -103,3 +103,24 @@ def test_module_entry_point():
         [sys.executable, "-m", "optimum_awp.cli", "eval", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "--nwindows" in result.stdout
+
+
+@pytest.mark.parametrize("raised,code,word", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (ValueError("bad value"), 2, "error: bad value"),
+    (OSError(28, "No space left on device"), 1, "failed: OSError"),
+])
+def test_exit_codes_and_one_line_messages(raised, code, word, monkeypatch, capsys):
+    def run(args):
+        raise raised
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["eval"])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    args._run = run
+    assert cli.main(["eval"]) == code
+    err = capsys.readouterr().err
+    assert word in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    args.log_level = "DEBUG"  # shows the traceback: the exception propagates
+    with pytest.raises(type(raised)):
+        cli.main(["eval"])
