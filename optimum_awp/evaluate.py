@@ -36,8 +36,8 @@ from .nn import AWPLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PerplexityResult", "checkpoint_bytes", "decode_speed", "generation_speed", "interleaved_decode_speed",
-           "load_model", "model_sizes", "perplexity", "perplexity_of_tokens", "resolve_dtype"]
+__all__ = ["PerplexityResult", "checkpoint_bytes", "generation_speed", "interleaved_decode_speed",
+           "load_model", "model_sizes", "perplexity", "perplexity_of_tokens", "resolve_dtype", "timed_generation"]
 
 # Floats of logits computed at once: 2**26 float32 = 256 MiB (256 positions of a 262k vocabulary).
 LOGIT_CHUNK_ELEMENTS = 2**26
@@ -336,29 +336,18 @@ def checkpoint_bytes(folder: str | os.PathLike) -> int | None:
 
 def generation_speed(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) of ``model`` on ``prompt`` (1, tokens): medians over ``repeats``
-    greedy generations of ``new_tokens`` (after one warm-up forward, which builds the kernel layouts).
-
-    Decode time is a generation's time less one prefill of the same prompt.
-    """
+    greedy generations of ``new_tokens`` (after one warm-up forward, which builds the kernel layouts)."""
     import statistics
 
-    prefill, decode = [], []
     with torch.inference_mode():
         model(prompt)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(prompt)
-            prefill.append(prompt.shape[1] / (time.perf_counter() - start))
-            start = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            seconds = time.perf_counter() - start - prompt.shape[1] / prefill[-1]
-            decode.append((out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9))
-    return statistics.median(prefill), statistics.median(decode)
+    runs = [timed_generation(model, prompt, new_tokens) for _ in range(repeats)]
+    return statistics.median(prompt.shape[1] / r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def decode_speed(model, prompt: torch.Tensor, new_tokens: int) -> float:
-    """Greedy decode tokens/s of one generation of ``new_tokens`` after ``prompt`` (1, tokens): the generation's
-    time less that of one forward on the prompt (the prefill)."""
+def timed_generation(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) of one forward on ``prompt`` (1, tokens) and one greedy generation of
+    ``new_tokens``: decode time is the generation's time less that prefill."""
     with torch.inference_mode():
         start = time.perf_counter()
         model(prompt)
@@ -366,7 +355,7 @@ def decode_speed(model, prompt: torch.Tensor, new_tokens: int) -> float:
         start = time.perf_counter()
         out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         seconds = time.perf_counter() - start - prefill
-    return (out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9)
+    return prefill, (out.shape[1] - prompt.shape[1]) / max(seconds, 1e-9)
 
 
 def interleaved_decode_speed(models: dict, prompt: torch.Tensor, new_tokens: int, repeats: int
@@ -376,9 +365,9 @@ def interleaved_decode_speed(models: dict, prompt: torch.Tensor, new_tokens: int
     first forward). Returns ({name: tokens/s}, (1-minute load average before, after))."""
     before = os.getloadavg()[0]
     for model in models.values():
-        decode_speed(model, prompt, 2)
+        timed_generation(model, prompt, 2)
     best = {name: 0.0 for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            best[name] = max(best[name], decode_speed(model, prompt, new_tokens))
+            best[name] = max(best[name], timed_generation(model, prompt, new_tokens)[1])
     return best, (before, os.getloadavg()[0])
