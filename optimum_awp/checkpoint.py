@@ -26,6 +26,8 @@ from torch import nn
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import FORMAT_VERSION, AWPConfig
+from .embeddings import swap_empty_embeddings
+from .nn.embedding import AWPEmbedding
 from .nn.formats import FORMATS
 from .nn.linear import AWPLinear
 
@@ -80,12 +82,18 @@ def swap_empty_modules(model: nn.Module, config: AWPConfig) -> None:
     The buffers take the shapes of the module they replace and the dtype of its weight (which
     ``from_pretrained`` already set from ``dtype=``); integer buffers keep their own dtype.
     """
+    handled = swap_empty_embeddings(model, config.compressed_modules, config.group_size, config.symmetric)
     for name, fmt in config.compressed_modules.items():
+        if name in handled:
+            continue
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"compressed_modules names {name!r}, which {type(model).__name__} does not "
                                   "have: the checkpoint does not belong to this architecture.") from None
+        if isinstance(old, nn.Embedding):
+            raise CheckpointError(f"compressed_modules names {name!r}, an nn.Embedding that is not the model's "
+                                  "input embedding; only that one is compressed (embedding_bits).")
         if not isinstance(old, nn.Linear):
             raise CheckpointError(f"compressed_modules names {name!r}, a {type(old).__name__}; only nn.Linear "
                                   "modules are compressed.")
@@ -126,7 +134,7 @@ def _unlisted_packed(model: nn.Module, compressed_modules: dict[str, str],
             module = model.get_submodule(module_name)
         except AttributeError:
             continue
-        if isinstance(module, nn.Linear) and tensor_name not in module.state_dict(keep_vars=True):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and tensor_name not in module.state_dict(keep_vars=True):
             found.setdefault(module_name, []).append(tensor_name)
     return found
 
@@ -185,7 +193,8 @@ def check_loaded(model: nn.Module, compressed_modules: dict[str, str]) -> None:
     import re
 
     wrong_type = [f"{name} (a {type(model.get_submodule(name)).__name__}, not AWPLinear)"
-                  for name in compressed_modules if not isinstance(model.get_submodule(name), AWPLinear)]
+                  for name in compressed_modules
+                  if not isinstance(model.get_submodule(name), (AWPLinear, AWPEmbedding))]
     if wrong_type:
         raise CheckpointError(f"These compressed modules were not rebuilt: {_shown(wrong_type)}.")
     ignore = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]

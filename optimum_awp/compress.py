@@ -33,6 +33,7 @@ from .calibration import (
 )  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
 from .data import dataset_kind
+from .embeddings import check_embeddings, compress_embeddings
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
 logger = logging.getLogger(__name__)
@@ -305,7 +306,8 @@ def compress(
 
     Blocks are compressed in order; each block's statistics C = X Xᵀ / n come from the outputs of the
     blocks already compressed. Embeddings, ``lm_head``, a tied output embedding, the model's fp32-pinned
-    modules and every module named in ``config.modules_to_not_convert`` stay dense. ``config`` itself is
+    modules and every module named in ``config.modules_to_not_convert`` stay dense, except that
+    ``config.embedding_bits=4`` rounds the embedding and the head to INT4 first (``embeddings.py``). ``config`` itself is
     not changed: the model gets a copy (``report.config``) with ``compressed_modules``, the modules kept
     dense and the calibration shape actually used, and an AWPQuantizer, so ``model.save_pretrained`` writes
     a checkpoint that reloads with ``from_pretrained``.
@@ -338,6 +340,8 @@ def compress(
     solver = get_solver(config.method)
     options = solver.make_options(**config.options)
     fmt, build = _packer(spec, pack)
+    if config.embedding_bits is not None:
+        check_embeddings(model, config.group_size)
     ids = calibration_ids(data, config, tokenizer if tokenizer is not None else config.tokenizer, model)
     if tuple(ids.shape) != (config.nsamples, config.seqlen):
         logger.info("calibration data holds %d x %d tokens (config asked %d x %d); recording what is used",
@@ -384,6 +388,9 @@ def compress(
 
     was_training = model.training
     model.eval()
+    embeddings = {}
+    if config.embedding_bits is not None:  # first, so that the blocks are calibrated on the rounded embedding
+        embeddings = compress_embeddings(model, config.group_size, config.symmetric, pack)
     try:
         inputs = capture_block_inputs(model, ids, batch_size=batch_size, device=device)
         walk_blocks(model, inputs, solve_block, select=wanted.__contains__, finish_block=finish_block,
@@ -392,6 +399,7 @@ def compress(
         model.train(was_training)
     # Only modules now held packed are listed: dense nn.Linear modules need no rebuilding on load.
     config.compressed_modules = {layer.name: fmt for layer in report.layers} if fmt is not None else {}
+    config.compressed_modules.update(embeddings)
     report.config = config
     if pack:
         attach(model, config, report)

@@ -28,7 +28,7 @@ DEFAULT_DATASET = "wikipedia-gensim"
 # Saved to config.json besides the method's options. The dataset and the tokenizer never are: they describe
 # how a checkpoint was made, not how to load it, and a tokenizer is not JSON.
 SAVED_FIELDS = ("quant_method", "format_version", "method", "sparsity", "bits", "group_size", "symmetric",
-                "nsamples", "seqlen", "seed", "modules_to_not_convert", "compressed_modules")
+                "embedding_bits", "nsamples", "seqlen", "seed", "modules_to_not_convert", "compressed_modules")
 _FIELDS = SAVED_FIELDS + ("dataset", "tokenizer")
 
 
@@ -60,6 +60,9 @@ class AWPConfig(QuantizationConfigMixin):
         bits: 4 for INT4 weights, or None to keep floating-point values.
         group_size: inputs sharing one INT4 scale (32, 64, 128, 256), or -1 for one scale per row.
         symmetric: symmetric INT4 grid (keeps pruned weights exactly zero in every kernel).
+        embedding_bits: 4 to store the token embedding and the output head in INT4 too (round to nearest on
+            the same group grid; a tied head shares the embedding's packed tensor), or None (default) to keep
+            them in the model dtype. They are outside the blocks, so ``method`` and ``sparsity`` do not apply.
         dataset: calibration data: a source name ("wikipedia-gensim", "wikitext2", "c4"), a text file
             path, a list of strings, or token ids (an integer tensor of shape (nsamples, seqlen) or a list
             of lists of ints, which must then match nsamples and seqlen). Not saved.
@@ -85,6 +88,7 @@ class AWPConfig(QuantizationConfigMixin):
         bits: int | None = None,
         group_size: int = 128,
         symmetric: bool = True,
+        embedding_bits: int | None = None,
         dataset: Any = DEFAULT_DATASET,
         tokenizer: Any = None,
         nsamples: int = 128,
@@ -97,7 +101,7 @@ class AWPConfig(QuantizationConfigMixin):
         **options: Any,
     ) -> None:
         values = dict(method=method, sparsity=sparsity, bits=bits, group_size=group_size, symmetric=symmetric,
-                      dataset=dataset, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed,
+                      embedding_bits=embedding_bits, dataset=dataset, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed,
                       modules_to_not_convert=modules_to_not_convert, compressed_modules=compressed_modules,
                       format_version=format_version, quant_method=quant_method)
         self.__dict__.update(values, options={}, _given=dict(options))
@@ -116,6 +120,8 @@ class AWPConfig(QuantizationConfigMixin):
         _check(_is_int(self.group_size) and self.group_size in GROUP_SIZES, "group_size", self.group_size,
                f"an int, one of {GROUP_SIZES}")
         _check(isinstance(self.symmetric, bool), "symmetric", self.symmetric, "a bool")
+        _check(self.embedding_bits in BITS and not isinstance(self.embedding_bits, bool), "embedding_bits",
+               self.embedding_bits, f"one of {BITS}")
         prunes = self.sparsity not in (None, 0)
         _check(prunes or self.bits is not None, "sparsity", self.sparsity,
                "set (a float > 0 or 'N:M') when bits is None: nothing would be compressed")
@@ -221,7 +227,8 @@ class AWPConfig(QuantizationConfigMixin):
     def settings(self) -> dict[str, Any]:
         """What was (or will be) done, as saved and shown on the model card: the compression fields, then the
         method's options."""
-        fields = ("method", "sparsity", "bits", "group_size", "symmetric", "nsamples", "seqlen", "seed")
+        fields = ("method", "sparsity", "bits", "group_size", "symmetric", "embedding_bits", "nsamples", "seqlen",
+                  "seed")
         return {**{name: getattr(self, name) for name in fields}, **self.options}
 
     @classmethod

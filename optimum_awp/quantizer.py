@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .compress import compress
 from .config import QUANT_METHOD, AWPConfig
+from .embeddings import dequantize_embeddings
 from .nn.linear import AWPLinear
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def check_loadable(config: AWPConfig, *, pre_quantized: bool, device_map=None) -
 
 
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every ``AWPLinear`` by an ``nn.Linear`` holding its dequantized weight (for ``model.dequantize()``)."""
+    """Replace every ``AWPLinear`` by an ``nn.Linear`` holding its dequantized weight, and an INT4 embedding
+    (with the head tied to it) by dense modules (for ``model.dequantize()``)."""
+    dequantize_embeddings(model, dtype)
     for name, module in list(model.named_modules()):
         if isinstance(module, AWPLinear):
             weight = module.dequantize()

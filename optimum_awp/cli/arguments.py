@@ -122,10 +122,11 @@ def add_compression_arguments(
     method: str = "awp",
     sparsity: Any = None,
     bits: int | None = None,
+    embedding_bits: int | None = None,
     nsamples: int | None = None,
     calib_seqlen: int | None = None,
 ) -> None:
-    """What to do (--method, --sparsity, --bits, --group-size, --asymmetric, --keep-dense), the calibration
+    """What to do (--method, --sparsity, --bits, --embedding-bits, --group-size, --asymmetric, --keep-dense), the calibration
     (--nsamples, --calib-seqlen, --seed) and every solver option, with the given defaults (None: AWPConfig's)."""
     from ..config import GROUP_SIZES, AWPConfig
     from ..solvers import SOLVERS
@@ -147,6 +148,11 @@ def add_compression_arguments(
     what.add_argument(
         "--bits", type=parse_bits, default=bits, help="4 for INT4 weights, or none (default: %(default)s)"
     )
+    what.add_argument(
+        "--embedding-bits", type=parse_bits, default=embedding_bits,
+        help="4 for an INT4 token embedding and output head (round to nearest, same group grid; a tied head "
+             "shares the packed rows), or none to keep them in the model dtype (default: %(default)s)",
+    )  # fmt: skip
     what.add_argument(
         "--group-size", type=int, choices=GROUP_SIZES, default=defaults.group_size,
         help="inputs sharing one INT4 scale, -1 for one per row (default: %(default)s)",
@@ -219,8 +225,8 @@ def config_from_args(args: argparse.Namespace):
     from ..config import AWPConfig
 
     return AWPConfig(
-        method=args.method, sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
-        symmetric=not args.asymmetric, dataset=args.dataset, nsamples=args.nsamples, seqlen=args.calib_seqlen,
+        method=args.method, sparsity=args.sparsity, bits=args.bits, embedding_bits=args.embedding_bits,
+        group_size=args.group_size, symmetric=not args.asymmetric, dataset=args.dataset, nsamples=args.nsamples, seqlen=args.calib_seqlen,
         seed=args.seed, modules_to_not_convert=args.keep_dense, **solver_options(args),
     )  # fmt: skip
 

@@ -156,12 +156,12 @@ class AWPLinear(nn.Module):
     # ------------------------------------------------------------------------------------------- views
     @property
     def dtype(self) -> torch.dtype:
-        """The model dtype (of scales or values)."""
-        return (self.scales if "scales" in self._packed_names else self.values).dtype
+        """The model dtype (of scales, values or low-rank factors: the first floating-point buffer)."""
+        return next(t.dtype for t in self.packed_buffers().values() if t.is_floating_point())
 
     @property
     def device(self) -> torch.device:
-        return self._buffers[self._packed_names[0]].device
+        return next(iter(self.packed_buffers().values())).device
 
     def packed_buffers(self) -> dict[str, torch.Tensor]:
         """The format's buffers (no bias), by name."""
@@ -193,7 +193,8 @@ class AWPLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def _check_stamp(self) -> None:
-        stamp = tuple((t.data_ptr(), t._version) for t in self._buffers.values() if t is not None)
+        tensors = [*self.packed_buffers().values(), self.bias]
+        stamp = tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
         if stamp != self._stamp:
             self.invalidate_kernel_cache()
             self._stamp = stamp
