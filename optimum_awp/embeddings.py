@@ -3,7 +3,8 @@
 The embedding and the head are outside the decoder blocks that the solvers compress, and on a small model
 they are most of it (Gemma-3-270M: a 262k x 640 embedding tied to the head, two thirds of the weights). With
 ``AWPConfig(embedding_bits=4)`` they are rounded to nearest on the INT4 group grid of the config (group size,
-symmetry), row by row (a row of the embedding is an output of the head), and stored packed:
+symmetry), row by row (a row of the embedding is an output of the head), each group's range chosen by a
+clipping search for the least squared error (:func:`round_rows`), and stored packed:
 
 - tied head (``tie_word_embeddings``): the embedding becomes an ``AWPEmbedding`` and the head an
   ``AWPTiedHead`` reading the same packed rows, so memory and checkpoint hold them once;
@@ -90,9 +91,24 @@ def check_embeddings(model: nn.Module, group_size: int) -> tuple[str, str | None
     return input_name, head_name, tied
 
 
-def round_rows(weight: torch.Tensor, group_size: int, symmetric: bool, scale_dtype: torch.dtype | None = None):
-    """Round to nearest on the INT4 group grid, the scales first rounded to ``scale_dtype`` (default the weight's
-    dtype: what the packed module stores), chunked over rows to bound the float32 working memory.
+SHRINKS = tuple(1 - 0.05 * i for i in range(9))  # clipping factors tried per group: 1.0, 0.95, ..., 0.6
+
+
+def _group_grid(grouped: torch.Tensor, symmetric: bool, scale_dtype: torch.dtype, shrink: float | torch.Tensor):
+    """(grid values, codes, scale, zero) of groups (rows, G, g) float32 on the grid of their range times
+    ``shrink`` (a float or (rows, G, 1); values beyond are clipped), the scale rounded to ``scale_dtype``."""
+    scale, zero = grid_params(grouped * shrink, 4, symmetric)
+    scale = scale.to(scale_dtype).to(torch.float32)
+    dequant, codes = quantize_with(grouped, scale, zero, 4)
+    return dequant, codes, scale, zero
+
+
+def round_rows(weight: torch.Tensor, group_size: int, symmetric: bool, scale_dtype: torch.dtype | None = None,
+               shrinks: tuple[float, ...] = SHRINKS):
+    """Round to nearest on the INT4 group grid whose range, per group, is the one of ``shrinks`` x the group's
+    range that gives the least squared error (an MSE clipping search; ``shrinks=(1.0,)`` is plain min-max
+    RTN). Scales are rounded to ``scale_dtype`` (default the weight's dtype: what the packed module stores)
+    before the codes are chosen. Chunked over rows to bound the float32 working memory.
 
     Args:
         weight: (rows, cols) float.
@@ -104,16 +120,20 @@ def round_rows(weight: torch.Tensor, group_size: int, symmetric: bool, scale_dty
     parts = []
     for chunk in weight.detach().split(16384):
         grouped = _grouped(chunk.to(torch.float32), group_size)
-        scale, zero = grid_params(grouped, 4, symmetric)
-        scale = scale.to(scale_dtype).to(torch.float32)
-        dequant, codes = quantize_with(grouped, scale, zero, 4)
+        best_shrink = torch.ones(grouped.shape[:-1] + (1,))
+        if len(shrinks) > 1:
+            errors = torch.stack([(_group_grid(grouped, symmetric, scale_dtype, shrink)[0] - grouped).square().sum(-1)
+                                  for shrink in shrinks])  # (shrinks, rows, G)
+            best_shrink = torch.tensor(shrinks)[errors.argmin(0)].unsqueeze(-1)
+        dequant, codes, scale, zero = _group_grid(grouped, symmetric, scale_dtype, best_shrink)
         parts.append((dequant.reshape(chunk.shape), codes.reshape(chunk.shape), scale.squeeze(-1), zero.squeeze(-1)))
     zeros = None if symmetric else torch.cat([p[3] for p in parts])
     return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
             torch.cat([p[2] for p in parts]), zeros)
 
 
-def compress_embeddings(model: nn.Module, group_size: int, symmetric: bool, pack: bool = True) -> dict[str, str]:
+def compress_embeddings(model: nn.Module, group_size: int, symmetric: bool, pack: bool = True,
+                        shrinks: tuple[float, ...] = SHRINKS) -> dict[str, str]:
     """Round the input embedding and the output head of ``model`` to INT4 in place.
 
     With ``pack`` the modules are replaced by ``AWPEmbedding`` / ``AWPTiedHead`` (tied) or an "int4"
@@ -122,11 +142,12 @@ def compress_embeddings(model: nn.Module, group_size: int, symmetric: bool, pack
     """
     input_name, head_name, tied = check_embeddings(model, group_size)
     embedding = model.get_submodule(input_name)
-    dequant, codes, scales, zeros = round_rows(embedding.weight, group_size, symmetric)
+    dequant, codes, scales, zeros = round_rows(embedding.weight, group_size, symmetric, shrinks=shrinks)
     compressed: dict[str, str] = {}
     head = model.get_submodule(head_name) if head_name is not None and not tied else None
     if head is not None:
-        head_dequant, head_codes, head_scales, head_zeros = round_rows(head.weight, group_size, symmetric)
+        head_dequant, head_codes, head_scales, head_zeros = round_rows(head.weight, group_size, symmetric,
+                                                                       shrinks=shrinks)
     if not pack:
         with torch.no_grad():
             embedding.weight.copy_(dequant)

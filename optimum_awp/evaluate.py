@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import DEFAULT_SOURCE, bos_windows, embedded_model, eval_tokens
 from .nn import AWPLinear
+from .nn.embedding import AWPEmbedding, AWPTiedHead
 
 logger = logging.getLogger(__name__)
 
@@ -310,19 +311,26 @@ def _unique_tensors(model: nn.Module) -> list[torch.Tensor]:
 def model_sizes(model: nn.Module) -> dict[str, int]:
     """Bytes of the weights as stored now ("compressed") and as a dense model would store them ("dense").
 
-    The dense figure counts each ``AWPLinear`` weight as (out, in) in the model dtype; everything else
-    (embeddings, norms, biases, dense linears) counts as stored. "linears_dense" and
-    "linears_compressed" are the same two figures for the ``AWPLinear`` weights alone.
+    The dense figure counts each ``AWPLinear`` weight as (out, in) and an INT4 embedding as (vocab, dim) in the
+    model dtype (a head tied to the embedding is the embedding's tensor: counted once); everything else (norms,
+    biases, dense linears) counts as stored. "linears_dense" and "linears_compressed" are the same two figures
+    for the ``AWPLinear`` weights alone.
     """
     compressed = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
-    linears_dense = linears_compressed = 0
+    linears_dense = linears_compressed = embeddings_dense = embeddings_compressed = 0
     for module in model.modules():
+        itemsize = torch.empty((), dtype=module.dtype).element_size() if hasattr(module, "packed_buffers") else 0
+        if isinstance(module, AWPTiedHead):
+            continue
         if isinstance(module, AWPLinear):
-            itemsize = torch.empty((), dtype=module.dtype).element_size()
             linears_dense += module.in_features * module.out_features * itemsize
             linears_compressed += module.weight_bytes()
-    return {"dense": compressed + linears_dense - linears_compressed, "compressed": compressed,
-            "linears_dense": linears_dense, "linears_compressed": linears_compressed}
+        elif isinstance(module, AWPEmbedding):
+            embeddings_dense += module.num_embeddings * module.embedding_dim * itemsize
+            embeddings_compressed += module.weight_bytes()
+    dense = compressed + linears_dense - linears_compressed + embeddings_dense - embeddings_compressed
+    return {"dense": dense, "compressed": compressed, "linears_dense": linears_dense,
+            "linears_compressed": linears_compressed}
 
 
 def checkpoint_bytes(folder: str | os.PathLike) -> int | None:

@@ -60,6 +60,12 @@ def _check_exportable(config: AWPConfig) -> None:
             "them packed 8 per int32 along the output dimension, so an asymmetric export would not reload. "
             "Compress with symmetric=True (the default) to export."
         )
+    if config.embedding_bits is not None:
+        raise ValueError(
+            f"Cannot export embedding_bits={config.embedding_bits} to compressed-tensors: its pack-quantized scheme "
+            "here targets Linear layers, so the INT4 embedding (and the head tied to it) would have to be written "
+            "dense. Compress without embedding_bits to export, or keep loading the checkpoint with optimum-awp."
+        )
     if not config.compressed_modules:
         raise ValueError("Nothing to export: quantization_config.compressed_modules is empty.")
 

@@ -86,6 +86,7 @@ def model_card(
                          f"got {type(config).__name__}.")
     base = _base_model(model, base_model)
     sizes = model_sizes(model)
+    dtype = str(getattr(model, "dtype", "")).removeprefix("torch.")
     data = ModelCardData(
         base_model=base if _is_hub_id(base) else None,
         library_name="transformers",
@@ -116,8 +117,9 @@ def model_card(
         "",
         "| | weights |",
         "|---|---|",
-        f"| dense | {_human(sizes['dense'])} |",
-        f"| compressed | {_human(sizes['compressed'])} ({sizes['compressed'] / max(sizes['dense'], 1):.1%}) |",
+        f"| dense (whole model, {dtype}) | {_human(sizes['dense'])} |",
+        f"| compressed (whole model) | {_human(sizes['compressed'])} "
+        f"({sizes['compressed'] / max(sizes['dense'], 1):.1%}) |",
     ]
     if perplexity:
         lines += ["", "## Perplexity", "", "| model | perplexity |", "|---|---|"]
@@ -157,6 +159,8 @@ def _describe(config: AWPConfig) -> str:
     if config.bits:
         group = "per-row" if config.group_size == -1 else f"group {config.group_size}"
         parts.append(f"INT{config.bits} weights ({group}, {'symmetric' if config.symmetric else 'asymmetric'})")
+    if config.embedding_bits:
+        parts.append(f"INT{config.embedding_bits} token embedding and output head (round to nearest)")
     return " + ".join(parts)
 
 

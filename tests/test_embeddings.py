@@ -35,9 +35,12 @@ def saved_keys(folder) -> list[str]:
 def test_embedding_rows_are_the_grid_values(symmetric):
     torch.manual_seed(0)
     dense = nn.Embedding(50, 64, dtype=torch.bfloat16)
-    dequant, codes, scales, zeros = round_rows(dense.weight, 32, symmetric)
+    searched = round_rows(dense.weight, 32, symmetric)  # the default: with the clipping search
+    module = AWPEmbedding.from_parts(dense, *searched[1:], group_size=32, symmetric=symmetric)
+    assert torch.equal(module.dequantize(torch.float32), searched[0])  # the bf16 scales: the grid stored
+    dequant, codes, scales, zeros = round_rows(dense.weight, 32, symmetric, shrinks=(1.0,))  # min-max RTN
     module = AWPEmbedding.from_parts(dense, codes, scales, zeros, group_size=32, symmetric=symmetric)
-    assert torch.equal(module.dequantize(torch.float32), dequant)  # the bf16 scales: the grid stored
+    assert torch.equal(module.dequantize(torch.float32), dequant)
     step = scales.repeat_interleave(32, dim=1)  # round to nearest: within half a step, plus 8.5 x the bf16 scale rounding at the clipped ends
     assert bool(((dequant - dense.weight.float()).abs() <= 0.54 * step).all())
     ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
@@ -182,3 +185,34 @@ def test_an_unlisted_compressed_embedding_is_refused(tmp_path):
     model.save_pretrained(tmp_path / "out")
     with pytest.raises(CheckpointError, match="model.embed_tokens"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_clipping_search_is_never_worse_than_min_max_per_group():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 256)  # Gaussian rows: clipping the extremes gives a finer step to the bulk
+    plain = round_rows(weight, 128, True, shrinks=(1.0,))[0]
+    searched = round_rows(weight, 128, True)[0]
+    plain_error = (plain - weight).square().reshape(300, 2, 128).sum(-1)
+    searched_error = (searched - weight).square().reshape(300, 2, 128).sum(-1)
+    assert bool((searched_error <= plain_error).all()) and searched_error.sum() < 0.95 * plain_error.sum()
+
+
+def test_whole_model_sizes_count_the_tied_rows_once():
+    model = tiny_gemma3()
+    dense = model_sizes(model)["compressed"]
+    compress(model, config(bits=None, method="wanda", sparsity=0.5), progress=False)  # blocks stay nn.Linear
+    sizes = model_sizes(model)
+    assert sizes["dense"] == dense + 4  # + embed_scale
+    packed = model.get_input_embeddings().weight_bytes() + 4
+    assert sizes["compressed"] == dense - 128 * 128 * 4 + packed
+
+
+def test_export_refuses_an_int4_embedding(tmp_path):
+    from optimum_awp.export import export_compressed_tensors
+
+    model = tiny_llama(tie=True)
+    compress(model, config(), progress=False)
+    model.save_pretrained(tmp_path / "out")
+    with pytest.raises(ValueError, match="Cannot export embedding_bits=4 to compressed-tensors"):
+        export_compressed_tensors(tmp_path / "out", tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()
