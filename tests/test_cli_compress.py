@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from optimum_awp import cli
 from optimum_awp.nn import AWPLinear
+from optimum_awp.nn.embedding import AWPEmbedding
 from optimum_awp.quantizer import register
 
 register()
@@ -102,16 +103,19 @@ def test_demo_runs_the_main_job_end_to_end(files, tmp_path, capsys):
     assert code == 0, printed
     for step in ("== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5"):
         assert step in printed
-    assert printed.count("compressed 14 linears") == 2 and printed.count("14 packed linears") == 2
+    # 14 block linears, the INT4 embedding and the (untied) INT4 head
+    assert printed.count("compressed 14 linears") == 2 and printed.count("16 packed modules") == 2
     assert printed.count("greedy tokens of the reloaded model equal the in-memory model's") == 2
     assert "load average" in printed and "dense:" in printed  # the dense continuation beside the compressed ones
     table = [line for line in printed.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| model | perplexity |") and len(table) == 4
     assert table[1].startswith("| dense (bfloat16) |")
-    assert table[2].startswith("| awp 2:4 + INT4 g128 |") and table[3].startswith("| awp INT4 g128 |")
+    assert table[2].startswith("| awp 2:4 + INT4 g128 + INT4 embedding |")
+    assert table[3].startswith("| awp INT4 g128 + INT4 embedding |")
     for folder in (out, also):
         model = AutoModelForCausalLM.from_pretrained(folder)
         assert isinstance(model.get_submodule("model.layers.0.mlp.up_proj"), AWPLinear)
+        assert isinstance(model.get_input_embeddings(), AWPEmbedding) and model.lm_head.format == "int4"
     assert AutoModelForCausalLM.from_pretrained(also).config.quantization_config.sparsity is None
 
 

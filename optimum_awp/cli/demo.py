@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     arguments.add_text_argument(parser)
     # 32 x 512 calibration tokens: the papers use 128 x 2048, which takes hours on a 2-core CPU
-    arguments.add_compression_arguments(parser, sparsity="2:4", bits=4, nsamples=32, calib_seqlen=512)
+    # the 262k x 640 embedding tied to the head is two thirds of Gemma-3-270M: INT4 it too (--embedding-bits none
+    # keeps it bf16)
+    arguments.add_compression_arguments(parser, sparsity="2:4", bits=4, embedding_bits=4, nsamples=32,
+                                        calib_seqlen=512)
     arguments.add_evaluation_arguments(parser, seqlen=512, nwindows=32)
     arguments.add_speed_arguments(parser, 32, 3, "interleaved speed runs per model; the best is reported")
     arguments.add_progress_argument(parser)
@@ -75,12 +78,14 @@ def prepare_text(model_path, source) -> None:
 
 
 def short_label(config) -> str:
-    """E.g. "awp 2:4 + INT4 g128", "wanda 50%", "rtn INT4 g128"."""
+    """E.g. "awp 2:4 + INT4 g128", "wanda 50%", "rtn INT4 g128 + INT4 embedding"."""
     parts = [config.method]
     if config.sparsity is not None:
         parts.append(config.sparsity if isinstance(config.sparsity, str) else f"{config.sparsity:.0%}")
     if config.bits:
         parts.append(("+ " if config.sparsity is not None else "") + f"INT{config.bits} g{config.group_size}")
+    if config.embedding_bits:
+        parts.append(f"+ INT{config.embedding_bits} embedding")
     return " ".join(parts)
 
 
@@ -112,12 +117,13 @@ def reload_and_check(folder: Path, model, tokenizer, args, device) -> tuple[bool
 
     from ..hub import config_summary
     from ..nn import AWPLinear
+    from ..nn.embedding import AWPEmbedding
 
     tic = time.perf_counter()
     generator = pipeline("text-generation", model=str(folder), device=args.device)
-    packed = sum(isinstance(m, AWPLinear) for m in generator.model.modules())
+    packed = sum(isinstance(m, (AWPLinear, AWPEmbedding)) for m in generator.model.modules())
     print(
-        f"{folder}: loaded in {time.perf_counter() - tic:.1f} s, {packed} packed linears "
+        f"{folder}: loaded in {time.perf_counter() - tic:.1f} s, {packed} packed modules "
         f"({config_summary(generator.model)})"
     )
     greedy = dict(max_new_tokens=args.new_tokens, do_sample=False)
