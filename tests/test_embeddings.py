@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, pipeline
 from optimum_awp.checkpoint import CheckpointError
 from optimum_awp.compress import compress
 from optimum_awp.config import AWPConfig
-from optimum_awp.embeddings import compress_embeddings, round_rows
+from optimum_awp.embeddings import SHRINKS, compress_embeddings, round_rows
 from optimum_awp.evaluate import model_sizes
 from optimum_awp.nn import AWPLinear, use_backend
 from optimum_awp.nn.embedding import AWPEmbedding, AWPTiedHead
@@ -35,10 +35,10 @@ def saved_keys(folder) -> list[str]:
 def test_embedding_rows_are_the_grid_values(symmetric):
     torch.manual_seed(0)
     dense = nn.Embedding(50, 64, dtype=torch.bfloat16)
-    searched = round_rows(dense.weight, 32, symmetric)  # the default: with the clipping search
+    searched = round_rows(dense.weight, 32, symmetric, shrinks=SHRINKS)  # with the clipping search
     module = AWPEmbedding.from_parts(dense, *searched[1:], group_size=32, symmetric=symmetric)
     assert torch.equal(module.dequantize(torch.float32), searched[0])  # the bf16 scales: the grid stored
-    dequant, codes, scales, zeros = round_rows(dense.weight, 32, symmetric, shrinks=(1.0,))  # min-max RTN
+    dequant, codes, scales, zeros = round_rows(dense.weight, 32, symmetric)  # min-max RTN, the default
     module = AWPEmbedding.from_parts(dense, codes, scales, zeros, group_size=32, symmetric=symmetric)
     assert torch.equal(module.dequantize(torch.float32), dequant)
     step = scales.repeat_interleave(32, dim=1)  # round to nearest: within half a step, plus 8.5 x the bf16 scale rounding at the clipped ends
@@ -190,8 +190,8 @@ def test_an_unlisted_compressed_embedding_is_refused(tmp_path):
 def test_clipping_search_is_never_worse_than_min_max_per_group():
     torch.manual_seed(0)
     weight = torch.randn(300, 256)  # Gaussian rows: clipping the extremes gives a finer step to the bulk
-    plain = round_rows(weight, 128, True, shrinks=(1.0,))[0]
-    searched = round_rows(weight, 128, True)[0]
+    plain = round_rows(weight, 128, True)[0]
+    searched = round_rows(weight, 128, True, shrinks=SHRINKS)[0]
     plain_error = (plain - weight).square().reshape(300, 2, 128).sum(-1)
     searched_error = (searched - weight).square().reshape(300, 2, 128).sum(-1)
     assert bool((searched_error <= plain_error).all()) and searched_error.sum() < 0.95 * plain_error.sum()
