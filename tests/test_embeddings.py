@@ -216,3 +216,14 @@ def test_export_refuses_an_int4_embedding(tmp_path):
     with pytest.raises(ValueError, match="Cannot export embedding_bits=4 to compressed-tensors"):
         export_compressed_tensors(tmp_path / "out", tmp_path / "ct")
     assert not (tmp_path / "ct").exists()
+
+
+def test_a_deep_copy_keeps_the_tie():
+    import copy
+
+    model = tiny_llama(tie=True)
+    compress(model, config(), progress=False)
+    clone = copy.deepcopy(model)
+    assert clone.lm_head.embedding is clone.model.embed_tokens is not model.model.embed_tokens
+    hidden = torch.randn(2, 128)
+    assert torch.equal(clone.lm_head(hidden), model.lm_head(hidden))
