@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "embeddings.md"
+NOTES_MARKER = "<!-- notes: text below this line is kept when benchmarks/embeddings.py rewrites the file -->"
 # (label, group size, symmetric, clipping search, which of the two uses of the tied tensor are rounded)
 VARIANTS = [
     ("INT4 g128 (min-max RTN, the default)", 128, True, False, "both"),
@@ -136,7 +137,10 @@ def main() -> None:
     for tokens, dense_s, int4_s in speeds:
         lines.append(f"| {tokens} | {dense_s * 1e3:.2f} ms | {int4_s * 1e3:.2f} ms | {dense_s / int4_s:.2f}x |")
     text = "\n".join(lines) + "\n"
-    args.output.write_text(text)
+    notes = "\n"
+    if args.output.exists() and NOTES_MARKER in args.output.read_text():
+        notes = args.output.read_text().split(NOTES_MARKER, 1)[1]
+    args.output.write_text(text + "\n" + NOTES_MARKER + notes)
     print(text)
 
 
