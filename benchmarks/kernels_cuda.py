@@ -17,7 +17,16 @@ Each time is the median of single calls timed with CUDA events, the L2 cache flu
 call (a 256 MB write, 5x the H100's 50 MB L2), so weights come from HBM as in a real model. Outputs
 are checked against the reference path (dequantize, then F.linear in fp32).
 
-Usage: python benchmarks/kernels_cuda.py [--quick] [--out docs/results/kernels_cuda.md]
+``--triton`` (issue 16) measures instead the Triton kernels of ``optimum_awp.nn.triton_kernels``: per-layer
+times at 1, 4, 16 and 64 tokens on 4096 x 4096, 11008 x 4096 and 4096 x 11008 of dense fp16 (cuBLAS),
+tinygemm INT4 (``cuda_int4``, bf16), ``triton_2of4`` (2:4 fp16) and ``triton_2of4_int4`` (2:4 + INT4 g128,
+fp16 and bf16), each with its host time per call; a sweep of launch configs against ``choose_config``; and
+greedy decode of a random Llama-2-7B-shaped model (a few layers) with the kernels forced. It replaces only
+the Triton section of ``--out`` (between its markers, appended when absent). Without CUDA it is a dry run
+of the same code on tiny shapes, which needs ``TRITON_INTERPRET=1`` (the tests run it so).
+``benchmarks/gpu_visit.sh`` runs the tests and this on a GPU machine.
+
+Usage: python benchmarks/kernels_cuda.py [--quick] [--triton [--skip-config-sweep]] [--out docs/results/kernels_cuda.md]
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import kernels as cpu_bench  # noqa: E402  (benchmarks/ is not a package)
 from kernels import GROUP, bytes_per_weight, random_module  # noqa: E402
 
 from optimum_awp.compress import pack_linear  # noqa: E402
-from optimum_awp.nn import AWPLinear, kernels, use_backend  # noqa: E402
+from optimum_awp.nn import AWPLinear, kernels, triton_kernels, use_backend  # noqa: E402
 
 SHAPES = [s for s in cpu_bench.SHAPES if s[0] not in ("k/v_proj", "o_proj", "11008x4096")] + [  # name, out, in
     ("7B up (11008x4096)", 11008, 4096),
@@ -262,7 +271,7 @@ def compress_linears(model, fmt: str, dtype: torch.dtype) -> None:
 
     spec = {"2:4": CompressionSpec(pattern=(2, 4)), "int4": CompressionSpec(bits=4, group_size=GROUP),
             "2:4+int4": CompressionSpec(pattern=(2, 4), bits=4, group_size=GROUP)}[fmt]
-    solver = get_solver("magnitude")
+    solver = get_solver("rtn" if fmt == "int4" else "magnitude")  # magnitude refuses INT4 alone
     for layer in model.model.layers:
         for parent in (layer.self_attn, layer.mlp):
             for child_name, child in list(parent.named_children()):
@@ -317,6 +326,263 @@ def end_to_end(device, timer, layers: int, prefill_tokens, decode_tokens: int, l
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows, shape
+
+
+# ----------------------------------------------------------------------------------------------- Triton (issue 16)
+TRITON_SHAPES = [("4096x4096", 4096, 4096), ("7B up (11008x4096)", 11008, 4096), ("7B down (4096x11008)", 4096, 11008)]
+TRITON_TOKENS = (1, 4, 16, 64)
+TRITON_VARIANTS = [  # column, module key, forced backend
+    ("int4 tinygemm bf16", "int4 bf16", "cuda_int4"),
+    ("2:4 triton fp16", "2:4 fp16", "triton_2of4"),
+    ("2:4+int4 triton fp16", "2:4+int4 fp16", "triton_2of4_int4"),
+    ("2:4+int4 triton bf16", "2:4+int4 bf16", "triton_2of4_int4"),
+]
+TRITON_CONFIG_GRID = dict(block_n=(16, 32, 64), block_k=(64, 128), split_k=(1, 2, 4, 8, 16), num_warps=(2, 4, 8))
+TRITON_BEGIN = "<!-- triton: written by benchmarks/kernels_cuda.py --triton -->"
+TRITON_END = "<!-- /triton -->"
+DRY_SHAPES = [("dry 48x256", 48, 256)]
+DRY_LAYER = dict(hidden=128, intermediate=256, heads=4, vocab=256)
+
+
+def triton_modules(out_features: int, in_features: int, device: torch.device) -> dict[str, AWPLinear]:
+    """Random modules for the Triton comparison: INT4 for tinygemm (bf16), 2:4 fp16, 2:4 + INT4 fp16 and bf16."""
+    return {
+        "int4 bf16": random_module("int4", out_features, in_features, torch.bfloat16).to(device),
+        "2:4 fp16": random_module("2:4", out_features, in_features, torch.float16).to(device),
+        "2:4+int4 fp16": random_module("2:4+int4", out_features, in_features, torch.float16).to(device),
+        "2:4+int4 bf16": random_module("2:4+int4", out_features, in_features, torch.bfloat16).to(device),
+    }
+
+
+def cpu_seconds_per_call(fn, calls: int = 20) -> float:
+    """Host time of one call, calls issued back to back (launch overhead; CUDA events hide it)."""
+    with torch.inference_mode():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        seconds = (time.perf_counter() - start) / calls
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return seconds
+
+
+def with_launch_config(call, changes: dict):
+    """``call`` run inside ``triton_kernels.launch_config(**changes)``."""
+
+    def run():
+        with triton_kernels.launch_config(**changes):
+            return call()
+
+    return run
+
+
+def triton_layer_rows(shapes, tokens_list, device, timer, host_calls: int = 20):
+    """Per layer: dense fp16 (cuBLAS) against tinygemm INT4 and the Triton 2:4 / 2:4+int4 kernels (forced)."""
+    rows = []
+    for name, out_features, in_features in shapes:
+        w16 = (torch.randn(out_features, in_features, device=device) * 0.05).to(torch.float16)
+        modules = triton_modules(out_features, in_features, device)
+        dense_ref = {k: m.dequantize(torch.float32) for k, m in modules.items()}
+        for tokens in tokens_list:
+            x32 = torch.randn(tokens, in_features, device=device)
+            inputs = {torch.float16: x32.to(torch.float16), torch.bfloat16: x32.to(torch.bfloat16)}
+            times = {"fp16 dense": timer(lambda: F.linear(inputs[torch.float16], w16))}
+            errors, host = {}, {}
+            with relaxed():
+                for column, key, backend in TRITON_VARIANTS:
+                    x = inputs[modules[key].dtype]
+                    call = forced(modules[key], backend, x)
+                    if call is None:
+                        continue
+                    times[column] = timer(call)
+                    host[column] = cpu_seconds_per_call(call, host_calls)
+                    with torch.inference_mode():
+                        errors[column] = relative_error(call(), F.linear(x.float(), dense_ref[key]))
+            rows.append({"layer": name, "tokens": tokens, "times": times, "errors": errors, "host": host})
+            print(f"triton {name} T={tokens}: " + " ".join(f"{k}={v * 1e6:.1f}us" for k, v in times.items())
+                  + " | host " + " ".join(f"{k}={v * 1e6:.0f}us" for k, v in host.items())
+                  + " | err " + " ".join(f"{k}={v:.1e}" for k, v in errors.items()), flush=True)
+        del modules, dense_ref, w16
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def triton_config_rows(shapes, tokens_list, device, timer, grid: dict):
+    """The launch configs of ``grid`` (a product of LaunchConfig fields) against ``choose_config``'s choice,
+    per shape, token count and format: the data to tune ``choose_config`` with."""
+    import itertools
+
+    rows = []
+    for name, out_features, in_features in shapes:
+        for key, backend in (("2:4+int4 fp16", "triton_2of4_int4"), ("2:4 fp16", "triton_2of4")):
+            fmt = key.split()[0]
+            module = random_module(fmt, out_features, in_features, torch.float16).to(device)
+            for tokens in tokens_list:
+                x = torch.randn(tokens, in_features, device=device, dtype=torch.float16)
+                call = forced(module, backend, x)
+                if call is None:
+                    continue
+                group = 0 if fmt == "2:4" else GROUP
+                default = triton_kernels.choose_config(tokens, out_features, in_features, group, device)
+                default_time, best = timer(call), None
+                for values in itertools.product(*grid.values()):
+                    changes = dict(zip(grid, values))
+                    try:
+                        seconds = timer(with_launch_config(call, changes))
+                    except ValueError:  # not valid for this shape (split_k above the input tiles, ...)
+                        continue
+                    if best is None or seconds < best[0]:
+                        best = (seconds, changes)
+                rows.append({"layer": name, "format": fmt, "tokens": tokens, "default": default,
+                             "default_time": default_time, "best": best})
+                print(f"config {name} {fmt} T={tokens}: default {default} {default_time * 1e6:.1f}us, best {best}",
+                      flush=True)
+            del module
+    return rows
+
+
+def set_backend_everywhere(model, backend: str | None) -> None:
+    """Force ``backend`` on every AWPLinear of ``model`` (None: automatic dispatch)."""
+    for module in model.modules():
+        if isinstance(module, AWPLinear):
+            module.backend = backend or "auto"
+
+
+def triton_end_to_end(device, timer, layers: int, decode_tokens: int, prefill_tokens: int, layer_shape):
+    """Greedy decode tokens/s (and one prefill) of a random Llama-shaped model, dense fp16 against the
+    compressed formats, the Triton kernels forced on every compressed linear."""
+    variants = [  # label, format, dtype, forced backend
+        ("dense fp16", "dense", torch.float16, None),
+        ("int4 bf16, auto (tinygemm)", "int4", torch.bfloat16, None),
+        ("2:4 fp16, auto (dense cache)", "2:4", torch.float16, None),
+        ("2:4 fp16, triton_2of4", "2:4", torch.float16, "triton_2of4"),
+        ("2:4+int4 fp16, triton_2of4_int4", "2:4+int4", torch.float16, "triton_2of4_int4"),
+        ("2:4+int4 bf16, triton_2of4_int4", "2:4+int4", torch.bfloat16, "triton_2of4_int4"),
+    ]
+    shape = dict(layers=layers, **layer_shape)
+    rows = []
+    for label, fmt, dtype, backend in variants:
+        model = random_llama(**shape, device=device, dtype=dtype)
+        if fmt != "dense":
+            compress_linears(model, fmt, dtype)
+        set_backend_everywhere(model, backend)
+        ids = torch.randint(0, shape["vocab"], (1, prefill_tokens), device=device)
+        prefill = timer(lambda: model(ids, use_cache=False, logits_to_keep=1))
+        prompt = ids[:, :16]
+        greedy_decode(model, prompt, decode_tokens)  # warm-up at every KV length (cuDNN plans, Triton compiles)
+        decode = greedy_decode(model, prompt, decode_tokens)
+        rows.append((label, prefill, decode))
+        print(f"triton e2e {label}: prefill {prefill_tokens}={prefill * 1e3:.2f}ms decode {decode:.1f} tok/s", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows, shape
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.2f}x" if numerator and denominator else "–"
+
+
+def triton_markdown(info, gbps, layers, configs, grid, e2e, e2e_shape, prefill_tokens: int) -> str:
+    """The Triton section of the results page, between TRITON_BEGIN and TRITON_END."""
+    lines = [TRITON_BEGIN, "## Triton kernels (issue 16): measured", "",
+             f"Written by `python benchmarks/kernels_cuda.py --triton` ({info['when']}). Device: {info['device']}; "
+             f"torch {info['torch']}; triton {info['triton']}; copy bandwidth {gbps:.0f} GB/s. Times: median of "
+             "single calls timed with CUDA events, L2 flushed before each call; host: CPU time of one call issued "
+             "back to back. Weights random (valid 2:4 patterns, random INT4 codes, g128 symmetric).", ""]
+    columns = ["fp16 dense"] + [c for c, _, _ in TRITON_VARIANTS]
+    lines += ["### Per layer (us)", "",
+              "| layer | tokens | " + " | ".join(columns)
+              + " | 2:4+int4 fp16 vs fp16 dense | 2:4+int4 fp16 vs tinygemm | 2:4 fp16 vs fp16 dense | host us/call (triton 2:4+int4 fp16) |",
+              "|---|---:|" + "---:|" * (len(columns) + 4)]
+    for r in layers:
+        t = r["times"]
+        cells = [f"{t[c] * 1e6:.1f}" if c in t else "–" for c in columns]
+        host = r["host"].get("2:4+int4 triton fp16")
+        lines.append(
+            f"| {r['layer']} | {r['tokens']} | " + " | ".join(cells)
+            + f" | {_ratio(t.get('fp16 dense'), t.get('2:4+int4 triton fp16'))}"
+            + f" | {_ratio(t.get('int4 tinygemm bf16'), t.get('2:4+int4 triton fp16'))}"
+            + f" | {_ratio(t.get('fp16 dense'), t.get('2:4 triton fp16'))}"
+            + (f" | {host * 1e6:.0f} |" if host is not None else " | – |")
+        )
+    worst = max((e for r in layers for e in r["errors"].values()), default=float("nan"))
+    lines += ["", f"Largest relative error against the fp32 reference: {worst:.1e}.", ""]
+    if configs:
+        lines += ["### Launch configs: choose_config's against the best of the grid", "",
+                  f"Grid: {grid}.", "",
+                  "| layer | format | tokens | choose_config | its time (us) | best config | best time (us) |",
+                  "|---|---|---:|---|---:|---|---:|"]
+        for r in configs:
+            d = r["default"]
+            default = f"n{d.block_n} k{d.block_k} split{d.split_k} w{d.num_warps}"
+            best = "–" if r["best"] is None else " ".join(f"{k}={v}" for k, v in r["best"][1].items())
+            best_time = "–" if r["best"] is None else f"{r['best'][0] * 1e6:.1f}"
+            lines.append(f"| {r['layer']} | {r['format']} | {r['tokens']} | {default} | {r['default_time'] * 1e6:.1f} "
+                         f"| {best} | {best_time} |")
+        lines.append("")
+    if e2e:
+        lines += [f"### End to end: random Llama, {e2e_shape['layers']} layers (hidden {e2e_shape['hidden']}, "
+                  f"MLP {e2e_shape['intermediate']}, vocab {e2e_shape['vocab']}), batch 1", "",
+                  f"| model | prefill {prefill_tokens} tok (ms) | greedy decode (tok/s) | vs dense fp16 |",
+                  "|---|---:|---:|---:|"]
+        dense = e2e[0][2]
+        for label, prefill, decode in e2e:
+            lines.append(f"| {label} | {prefill * 1e3:.2f} | {decode:.1f} | {decode / dense:.2f}x |")
+        lines.append("")
+    lines.append(TRITON_END)
+    return "\n".join(lines)
+
+
+def splice_triton_section(old: str, section: str) -> str:
+    """``old`` with its Triton section replaced by ``section`` (appended at the end when it has none: below the
+    notes marker, so that the default run, which rewrites the text above that marker, keeps it)."""
+    if TRITON_BEGIN in old and TRITON_END in old:
+        head, rest = old.split(TRITON_BEGIN, 1)
+        return head + section + rest.split(TRITON_END, 1)[1]
+    return old.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def run_triton(args, device: torch.device) -> None:
+    """--triton: the layer table, the launch-config sweep and the end-to-end decode; spliced into --out."""
+    import triton
+
+    timer = Timer(device, args.calls if device.type == "cuda" else 2)
+    info = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run, Triton interpreter)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
+    print(info, flush=True)
+    gbps = bandwidth(device, timer) if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        shapes, tokens, config_tokens, grid = TRITON_SHAPES, TRITON_TOKENS, (1, 16), TRITON_CONFIG_GRID
+        config_shapes = [TRITON_SHAPES[0], TRITON_SHAPES[2]]  # 4096 and 11008 inputs (32 and 86 tiles of 128)
+        e2e_kwargs = dict(layers=args.e2e_layers, decode_tokens=args.decode_tokens, prefill_tokens=64,
+                          layer_shape=LLAMA_7B_LAYER)
+    else:  # the dry run: every code path on tiny shapes under Triton's interpreter
+        shapes, tokens, config_tokens, grid = DRY_SHAPES, (1, 16), (1,), dict(block_n=(16, 32), split_k=(1, 2))
+        config_shapes = DRY_SHAPES
+        e2e_kwargs = dict(layers=1, decode_tokens=2, prefill_tokens=16, layer_shape=DRY_LAYER)
+    layers = triton_layer_rows(shapes, tokens, device, timer, host_calls=20 if device.type == "cuda" else 1)
+    configs, e2e, e2e_shape = [], [], {}
+    try:
+        if not args.skip_config_sweep:
+            configs = triton_config_rows(config_shapes, config_tokens, device, timer, grid)
+        e2e, e2e_shape = triton_end_to_end(device, timer, **e2e_kwargs)
+    except Exception:  # keep the layer table when a later part fails
+        traceback.print_exc()
+    section = triton_markdown(info, gbps, layers, configs, grid, e2e, e2e_shape, e2e_kwargs["prefill_tokens"])
+    print()
+    print(section)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(splice_triton_section(out.read_text() if out.exists() else "", section))
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -378,9 +644,20 @@ def main() -> None:
     parser.add_argument("--e2e-layers", type=int, default=4)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--only-semi", action="store_true", help="only the semi-structured backend comparison")
+    parser.add_argument("--triton", action="store_true",
+                        help="only the Triton kernels (issue 16); without CUDA a dry run under TRITON_INTERPRET=1")
+    parser.add_argument("--skip-config-sweep", action="store_true", help="--triton without the launch-config sweep")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results" / "kernels_cuda.md"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.triton:
+        if not triton_kernels.triton_importable():
+            parser.error("--triton needs triton: pip install optimum-awp[gpu].")
+        if device.type != "cuda" and not triton_kernels.interpreting():
+            parser.error("--triton without CUDA is a dry run under Triton's interpreter: set TRITON_INTERPRET=1.")
+        torch.manual_seed(0)
+        run_triton(args, device)
+        return
     if device.type != "cuda" and not args.quick:
         parser.error("no CUDA device: only --quick (a dry run of the code paths on CPU) runs without one.")
     torch.manual_seed(0)

@@ -40,9 +40,8 @@ from ..kernels import Kernel, KernelOptions, KernelQuery, _check_2of4_positions,
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 BLOCK_K_CHOICES = (128, 64, 32, 16)
-BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # tl.dot needs tiles of at least 16 in every dimension
 MIN_CAPABILITY = (8, 0)
-DOT_MIN_TOKENS = 16  # tiles of 16+ tokens use tl.dot (tensor cores); fewer a multiply-and-sum
 MAX_SPLIT_K = 16
 _CPU_PROGRAM_TARGET = 1  # the interpreter runs programs one by one: no split-K by default on CPU
 _SM_COUNT: dict[int, int] = {}
@@ -102,8 +101,8 @@ class LaunchConfig:
     """One launch of the kernel.
 
     Attributes:
-        block_t: tokens per program (a power of two; >= DOT_MIN_TOKENS uses tl.dot, fewer a multiply-and-sum).
-        block_n: output rows per program (a power of two, >= 16 with tl.dot).
+        block_t: tokens per program (BLOCK_SIZES; a single token also takes a 16-token tile, the rest masked).
+        block_n: output rows per program (BLOCK_SIZES).
         block_k: inputs per loop step (16..128, dividing in_features and divisible by or dividing the group).
         split_k: programs sharing one output tile along the inputs (partial sums in fp32, added after).
         num_warps, num_stages: passed to triton (ignored by the interpreter).
@@ -116,17 +115,11 @@ class LaunchConfig:
     num_warps: int = 4
     num_stages: int = 2
 
-    @property
-    def use_dot(self) -> bool:
-        return self.block_t >= DOT_MIN_TOKENS
-
     def check(self, in_features: int, group: int) -> None:
         """ValueError naming the field, its value and what is allowed, for a weight (., in_features)."""
         for name in ("block_t", "block_n"):
             if getattr(self, name) not in BLOCK_SIZES:
                 raise ValueError(f"{name}={getattr(self, name)} is not allowed; allowed: {list(BLOCK_SIZES)}.")
-        if self.use_dot and self.block_n < 16:
-            raise ValueError(f"block_n={self.block_n} must be >= 16 when block_t >= {DOT_MIN_TOKENS} (tl.dot).")
         allowed_k = [k for k in BLOCK_K_CHOICES if tile_fits(k, in_features, group)]
         if self.block_k not in allowed_k:
             raise ValueError(
@@ -160,22 +153,18 @@ def launch_config(**changes: int) -> Iterator[None]:
 
 
 def choose_config(tokens: int, out_features: int, in_features: int, group: int, device: torch.device) -> LaunchConfig:
-    """The launch for ``tokens`` x (out_features, in_features) (a heuristic, unmeasured): 1-4 tokens one
-    multiply-and-sum tile of 32 rows, more tokens tl.dot tiles of 16/32/64 tokens x 64 rows; split-K until
-    about 4 programs per SM (CUDA) so that a decode GEMV keeps enough loads in flight."""
-    if tokens <= 4:
-        block_t, block_n = _next_power_of_two(tokens), 32
-        # a power of two narrower than the widest fitting tile fits too
-        block_k = min(block_k_for(in_features, group), 128 if block_t <= 2 else 64)
-    else:
-        block_t, block_n = min(max(_next_power_of_two(tokens), DOT_MIN_TOKENS), 64), 64
-        block_k = block_k_for(in_features, group)
+    """The launch for ``tokens`` x (out_features, in_features) (a heuristic, not yet measured): tiles of
+    16 tokens x 32 rows up to 16 tokens, 32 or 64 tokens x 64 rows above, the widest input tile that fits;
+    split-K until about 4 programs per SM (CUDA) so that a decode GEMV keeps enough loads in flight."""
+    block_t = min(max(_next_power_of_two(tokens), 16), 64)
+    block_n = 32 if block_t == 16 else 64
+    block_k = block_k_for(in_features, group)
     programs = -(-out_features // block_n) * -(-tokens // block_t)
     target = 4 * _sm_count(device) if device.type == "cuda" else _CPU_PROGRAM_TARGET
     split_k = 1
     while split_k < MAX_SPLIT_K and programs * split_k < target and 2 * split_k <= in_features // block_k:
         split_k *= 2
-    return LaunchConfig(block_t, block_n, block_k, split_k, num_warps=4, num_stages=3 if block_t >= 16 else 2)
+    return LaunchConfig(block_t, block_n, block_k, split_k, num_warps=4, num_stages=3)
 
 
 # ----------------------------------------------------------------------------------------------- layout and launch
@@ -241,7 +230,6 @@ def sparse24_linear(layout: Sparse24Layout, x: torch.Tensor, config: LaunchConfi
         BLOCK_T=config.block_t,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
-        USE_DOT=config.use_dot,
         EMULATE_BF16=emulate_bf16,
         num_warps=config.num_warps,
         num_stages=config.num_stages,

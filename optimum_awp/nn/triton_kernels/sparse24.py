@@ -17,9 +17,13 @@ BLOCK_K-wide tiles. Per tile it rebuilds the dense weight tile (BLOCK_N, BLOCK_K
 
 All these loads have addresses that depend on k only (no data-dependent gather, except the "2:4"
 value pick between two neighbours); several lanes read the same word or byte, which the L1 serves.
-The tile is multiplied with the activations in fp32: ``tl.dot`` (tensor cores, fp16/bf16 operands,
-fp32 accumulator) when USE_DOT (BLOCK_T >= 16), else a broadcast multiply and a sum over k
-(BLOCK_T of 1..4 tokens, decode).
+The tile is multiplied with the activations by ``tl.dot`` (tensor cores, fp16/bf16 operands, fp32
+accumulator) on tiles of at least 16 tokens, also for a single token: rows past the tokens are masked
+loads of zeros. Decode is bound by reading the weight, not by the tensor cores, and split-K gives a
+(tokens x 4096) GEMV enough programs to keep loads in flight (the layout of PyTorch's split-K GPTQ
+Triton kernel). The kernel uses Triton builtins only (no ``tl.sum``/``tl.zeros``, which are
+``@triton.jit`` helpers fixed at ``import triton`` to compiled or interpreted), so one process can run
+it interpreted (TRITON_INTERPRET=1 set after triton was imported) and compiled.
 
 EMULATE_BF16 (only under Triton's interpreter, bf16 activations) avoids two interpreter defects of
 triton 3.9: its tl.dot multiplies bf16 operands as raw uint16 integers, and its fp32 -> bf16 cast
@@ -57,7 +61,6 @@ def sparse24_matmul(
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    USE_DOT: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
     """out[split, t, n] = sum over this split's inputs k of x[t, k] * W[n, k].
@@ -67,7 +70,8 @@ def sparse24_matmul(
     (out, in/GROUP) and zeros uint8 (same shape, ASYMMETRIC only); out (splits, tokens, out_features)
     contiguous per split, fp32 when split over k or EMULATE_BF16, else x's dtype. Grid: (cdiv(out, BLOCK_N),
     cdiv(tokens, BLOCK_T), splits); split s covers inputs [s * k_per_split, (s + 1) * k_per_split).
-    in_features and k_per_split are multiples of BLOCK_K; GROUP and BLOCK_K divide one another.
+    in_features and k_per_split are multiples of BLOCK_K; GROUP and BLOCK_K divide one another;
+    BLOCK_T, BLOCK_N, BLOCK_K >= 16 (tl.dot).
     """
     pid_n = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -80,7 +84,7 @@ def sparse24_matmul(
     offs_k = tl.arange(0, BLOCK_K)
     position = offs_k % 4
     meta_shift = ((offs_k // 4) % 2) * 4
-    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_T, BLOCK_N), 0.0, tl.float32)
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, in_features)
     for k0 in range(k_begin, k_end, BLOCK_K):
@@ -114,10 +118,7 @@ def sparse24_matmul(
             x = x.to(tl.float32)
         else:
             w = tl.where(is_first | is_second, value, 0.0).to(x.dtype)
-        if USE_DOT:
-            acc += tl.dot(x, tl.trans(w))
-        else:
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        acc += tl.dot(x, tl.trans(w))
     out = out_ptr + pid_k * stride_out_split + offs_t[:, None] * out_features + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_n[None, :])
 

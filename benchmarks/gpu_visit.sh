@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU visit of issue 16 (Triton 2:4 / 2:4+int4 kernels), one command on a lent GPU machine, ~5-8 minutes:
+#   1. install the package (offline there: wheels carried in .whl/ first, then this checkout, no dependencies
+#      fetched; the machine's image has torch, triton and transformers) and record the versions;
+#   2. the CUDA tests: tests/nn/test_nn_triton.py (interpreter and compiled kernels against the reference),
+#      tests/nn/test_nn_kernels.py and tests/nn/test_nn_linear.py;
+#   3. python benchmarks/kernels_cuda.py --triton, spliced into a copy of docs/results/kernels_cuda.md.
+# Everything lands in OUT_DIR (default $OUT, the device tool's output folder): env.txt, tests.log, bench.log and
+# kernels_cuda.md, the results page to copy over docs/results/kernels_cuda.md afterwards.
+#
+# Usage, from the repository root:  bash benchmarks/gpu_visit.sh [OUT_DIR]
+#        here, without a GPU:        bash benchmarks/gpu_visit.sh --dry-run   (checks the steps, runs nothing)
+set -uo pipefail
+
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+fi
+OUT_DIR=${1:-${OUT:-/tmp/gpu_visit}}
+PY=${PYTHON:-python3}
+TEST_TIMEOUT=${TEST_TIMEOUT:-200}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-330}
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME COMMAND...: print, then run unless --dry-run
+    echo "== $1: ${*:2}"
+    if [[ $DRY_RUN == 1 ]]; then
+        return 0
+    fi
+    "${@:2}"
+}
+
+[[ -f pyproject.toml && -f benchmarks/kernels_cuda.py ]] || { echo "run from the repository root" >&2; exit 2; }
+mkdir -p "$OUT_DIR"
+
+# 1. install
+if compgen -G ".whl/*.whl" >/dev/null; then
+    step "carried wheels" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+step "install optimum-awp[gpu] (no index: dependencies from the image)" \
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e ".[gpu]" \
+    || echo "editable install failed: running from the checkout (PYTHONPATH)"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+step "environment" bash -c "{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
+    $PY -c 'import torch, triton, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available(), \
+    \"triton\", triton.__version__, \"transformers\", transformers.__version__)'; } 2>&1 | tee '$OUT_DIR/env.txt'"
+
+# 2. tests (TRITON_INTERPRET unset: the interpreter tests set it themselves, the CUDA tests need it off)
+step "CUDA tests" bash -c "unset TRITON_INTERPRET; timeout $TEST_TIMEOUT $PY -m pytest -q -p no:cacheprovider \
+    tests/nn/test_nn_triton.py tests/nn/test_nn_kernels.py tests/nn/test_nn_linear.py 2>&1 | tee '$OUT_DIR/tests.log'"
+
+# 3. benchmark, into a copy of the results page
+step "results page" cp docs/results/kernels_cuda.md "$OUT_DIR/kernels_cuda.md"
+step "Triton benchmark" bash -c "unset TRITON_INTERPRET; timeout $BENCH_TIMEOUT $PY benchmarks/kernels_cuda.py --triton \
+    --out '$OUT_DIR/kernels_cuda.md' 2>&1 | tee '$OUT_DIR/bench.log'"
+echo "== done: $(ls "$OUT_DIR")"
