@@ -15,11 +15,11 @@ import pytest
 import torch
 from awp_nn_helpers import magnitude_2of4, pack, rtn_int4
 
-from optimum_awp.nn import AWPLinear, kernels, use_backend
+from optimum_awp.nn import kernels, use_backend
 from optimum_awp.solvers.base import CompressionSpec, SolverResult
 
 pytest.importorskip("triton")
-from optimum_awp.nn import triton_kernels  # noqa: E402  (after the skip: registers only with triton)
+from optimum_awp.nn import triton_kernels  # after the skip: it registers kernels only with triton
 
 INT4 = "triton_2of4_int4"
 FP = "triton_2of4"
@@ -129,11 +129,11 @@ def test_identity_input_returns_the_reference_weight_bit_for_bit(interpret, fmt,
 @pytest.mark.parametrize(
     "tokens,changes",
     [
-        (5, dict(split_k=3, block_k=64)),  # 4 input tiles split 2 + 2 + 0: the last split adds zeros
-        (2, dict(split_k=4, block_k=32, block_n=64)),  # 8 input tiles in 4 splits, a row tile past the rows
-        (3, dict(block_t=64, block_n=16)),  # a token tile mostly past the tokens
-        (40, dict(block_t=16, block_n=16)),  # three token tiles, the last one partial
-        (7, dict(block_k=16, block_n=128)),  # tiles narrower than a group: one scale column per tile
+        (5, {"split_k": 3, "block_k": 64}),  # 4 input tiles split 2 + 2 + 0: the last split adds zeros
+        (2, {"split_k": 4, "block_k": 32, "block_n": 64}),  # 8 input tiles in 4 splits, a row tile past the rows
+        (3, {"block_t": 64, "block_n": 16}),  # a token tile mostly past the tokens
+        (40, {"block_t": 16, "block_n": 16}),  # three token tiles, the last one partial
+        (7, {"block_k": 16, "block_n": 128}),  # tiles narrower than a group: one scale column per tile
     ],
 )
 def test_forced_launch_configs(interpret, tokens, changes):
@@ -207,9 +207,9 @@ def test_supports_rejects_what_the_kernel_cannot_run(interpret):
 
 
 def test_launch_config_errors_name_the_field_value_and_allowed():
-    with pytest.raises(ValueError, match=r"Unknown launch config field\(s\) \['block_m'\]; known fields"):
-        with triton_kernels.launch_config(block_m=16):
-            pass
+    with pytest.raises(ValueError, match=r"Unknown launch config field\(s\) \['block_m'\]; known fields"), \
+            triton_kernels.launch_config(block_m=16):
+        pass
     with pytest.raises(ValueError, match=r"block_k=48 is not allowed for in_features=256, group=32; allowed: \[128, 64, 32, 16\]"):
         triton_kernels.LaunchConfig(1, 32, 48).check(256, 32)
     with pytest.raises(ValueError, match=r"block_t=3 is not allowed; allowed: \[16, 32, 64, 128, 256\]"):

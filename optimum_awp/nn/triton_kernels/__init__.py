@@ -135,7 +135,9 @@ class LaunchConfig:
             )
 
 
-_OVERRIDE: contextvars.ContextVar[dict] = contextvars.ContextVar("optimum_awp_triton_config", default={})
+_OVERRIDE: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar(
+    "optimum_awp_triton_config", default=()
+)  # sorted (field, value) pairs
 
 
 @contextlib.contextmanager
@@ -145,7 +147,7 @@ def launch_config(**changes: int) -> Iterator[None]:
     unknown = sorted(set(changes) - known)
     if unknown:
         raise ValueError(f"Unknown launch config field(s) {unknown}; known fields: {sorted(known)}.")
-    token = _OVERRIDE.set({**_OVERRIDE.get(), **changes})
+    token = _OVERRIDE.set(tuple(sorted({**dict(_OVERRIDE.get()), **changes}.items())))
     try:
         yield
     finally:
@@ -165,6 +167,25 @@ def choose_config(tokens: int, out_features: int, in_features: int, group: int, 
     while split_k < MAX_SPLIT_K and programs * split_k < target and 2 * split_k <= in_features // block_k:
         split_k *= 2
     return LaunchConfig(block_t, block_n, block_k, split_k, num_warps=4, num_stages=3)
+
+
+_RESOLVED: dict[tuple, LaunchConfig] = {}
+_RESOLVED_LIMIT = 256
+
+
+def resolved_config(tokens: int, out_features: int, in_features: int, group: int, device: torch.device) -> LaunchConfig:
+    """``choose_config`` with the ``launch_config`` overrides applied, checked; cached (decode calls it per layer
+    and token, so the Python work is done once per shape)."""
+    overrides = _OVERRIDE.get()
+    key = (tokens, out_features, in_features, group, device, overrides)
+    config = _RESOLVED.get(key)
+    if config is None:
+        config = replace(choose_config(tokens, out_features, in_features, group, device), **dict(overrides))
+        config.check(in_features, group)
+        if len(_RESOLVED) >= _RESOLVED_LIMIT:
+            _RESOLVED.clear()
+        _RESOLVED[key] = config
+    return config
 
 
 # ----------------------------------------------------------------------------------------------- layout and launch
@@ -204,11 +225,9 @@ def sparse24_linear(layout: Sparse24Layout, x: torch.Tensor, config: LaunchConfi
     if tokens == 0:
         return x.new_empty((0, layout.out_features))
     if config is None:
-        config = choose_config(tokens, layout.out_features, layout.in_features, layout.group, x.device)
-        overrides = _OVERRIDE.get()
-        if overrides:
-            config = replace(config, **overrides)
-    config.check(layout.in_features, layout.group)
+        config = resolved_config(tokens, layout.out_features, layout.in_features, layout.group, x.device)
+    else:
+        config.check(layout.in_features, layout.group)
     interpret = interpreting()
     emulate_bf16 = interpret and x.dtype == torch.bfloat16
     k_tiles = layout.in_features // config.block_k
@@ -308,6 +327,7 @@ __all__ = [
     "device_supported",
     "interpreting",
     "launch_config",
+    "resolved_config",
     "sparse24_linear",
     "triton_importable",
 ]

@@ -77,6 +77,7 @@ def sparse24_matmul(
     pid_t = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows_t = offs_t.to(tl.int64)  # tokens x features can pass 2**31 in prefill
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_t = offs_t < tokens
     mask_n = offs_n < out_features
@@ -89,7 +90,7 @@ def sparse24_matmul(
     k_end = tl.minimum(k_begin + k_per_split, in_features)
     for k0 in range(k_begin, k_end, BLOCK_K):
         k = k0 + offs_k
-        x = tl.load(x_ptr + offs_t[:, None] * stride_x + k[None, :], mask=mask_t[:, None], other=0.0)
+        x = tl.load(x_ptr + rows_t[:, None] * stride_x + k[None, :], mask=mask_t[:, None], other=0.0)
         meta = tl.load(meta_ptr + rows[:, None] * stride_meta + (k // 8)[None, :]).to(tl.int32)
         p0 = (meta >> meta_shift[None, :]) & 3
         p1 = (meta >> (meta_shift + 2)[None, :]) & 3
@@ -119,7 +120,7 @@ def sparse24_matmul(
         else:
             w = tl.where(is_first | is_second, value, 0.0).to(x.dtype)
         acc += tl.dot(x, tl.trans(w))
-    out = out_ptr + pid_k * stride_out_split + offs_t[:, None] * out_features + offs_n[None, :]
+    out = out_ptr + pid_k.to(tl.int64) * stride_out_split + rows_t[:, None] * out_features + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_n[None, :])
 
 
