@@ -2,8 +2,9 @@
 # The GPU visit of issue 16 (Triton 2:4 / 2:4+int4 kernels), one command on a lent GPU machine, ~5-8 minutes:
 #   1. install the package (offline there: wheels carried in .whl/ first, then this checkout, no dependencies
 #      fetched; the machine's image has torch, triton and transformers) and record the versions;
-#   2. the CUDA tests: tests/nn/test_nn_triton.py (interpreter and compiled kernels against the reference),
-#      tests/nn/test_nn_kernels.py and tests/nn/test_nn_linear.py;
+#   2. the tests: all of tests/nn/test_nn_triton.py (interpreter and compiled kernels against the reference) and
+#      the CUDA tests of tests/nn/test_nn_kernels.py and tests/nn/test_nn_linear.py (native CPU kernels off:
+#      building them is not what this visit is for);
 #   3. python benchmarks/kernels_cuda.py --triton, spliced into a copy of docs/results/kernels_cuda.md.
 # Everything lands in OUT_DIR (default $OUT, the device tool's output folder): env.txt, tests.log, bench.log and
 # kernels_cuda.md, the results page to copy over docs/results/kernels_cuda.md afterwards.
@@ -48,8 +49,9 @@ step "environment" bash -c "{ nvidia-smi --query-gpu=name,driver_version,memory.
     \"triton\", triton.__version__, \"transformers\", transformers.__version__)'; } 2>&1 | tee '$OUT_DIR/env.txt'"
 
 # 2. tests (TRITON_INTERPRET unset: the interpreter tests set it themselves, the CUDA tests need it off)
-step "CUDA tests" bash -c "unset TRITON_INTERPRET; timeout $TEST_TIMEOUT $PY -m pytest -q -p no:cacheprovider \
-    tests/nn/test_nn_triton.py tests/nn/test_nn_kernels.py tests/nn/test_nn_linear.py 2>&1 | tee '$OUT_DIR/tests.log'"
+step "CUDA tests" bash -c "unset TRITON_INTERPRET; OPTIMUM_AWP_CPU_ISA=none timeout $TEST_TIMEOUT $PY -m pytest -q \
+    -p no:cacheprovider -k 'cuda or triton' tests/nn/test_nn_triton.py tests/nn/test_nn_kernels.py \
+    tests/nn/test_nn_linear.py 2>&1 | tee '$OUT_DIR/tests.log'"
 
 # 3. benchmark, into a copy of the results page
 step "results page" cp docs/results/kernels_cuda.md "$OUT_DIR/kernels_cuda.md"
