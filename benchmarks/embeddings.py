@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--nwindows", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--output", type=Path, default=OUT)
+    parser.add_argument("--no-speed", dest="speed", action="store_false",
+                        help="perplexity rows only (no head timing: for a machine that is not quiet)")
     args = parser.parse_args()
 
     from optimum_awp.data import DEFAULT_SOURCE, embedded_model
@@ -109,7 +111,8 @@ def main() -> None:
             speed_model = model
         else:
             del model
-    speeds = [(tokens, *head_times(speed_model, dense_head, tokens, args.repeats)) for tokens in (1, 16, 64, 256)]
+    speeds = [(tokens, *head_times(speed_model, dense_head, tokens, args.repeats)) for tokens in (1, 16, 64, 256)
+              if args.speed]
     end_load = loadavg()
 
     lines = [
@@ -126,7 +129,7 @@ def main() -> None:
     for label, _, ppl, nbytes in rows:
         size = "-" if nbytes is None else f"{nbytes / 2**20:.1f} MiB ({nbytes / dense_bytes:.1%})"
         lines.append(f"| {label} | {ppl:.3f} | {ppl / rows[0][2]:.3f} | {size} |")
-    lines += [
+    lines += [] if not speeds else [
         "",
         "Output head, one (tokens x 640) x (640 x 262144) product, median of "
         f"{args.repeats} (the models taking turns):",
