@@ -123,8 +123,8 @@ class AWPConfig(QuantizationConfigMixin):
         _check(self.embedding_bits in BITS and not isinstance(self.embedding_bits, bool), "embedding_bits",
                self.embedding_bits, f"one of {BITS}")
         prunes = self.sparsity not in (None, 0)
-        _check(prunes or self.bits is not None, "sparsity", self.sparsity,
-               "set (a float > 0 or 'N:M') when bits is None: nothing would be compressed")
+        _check(prunes or self.bits is not None or "rank" in get_solver(self.method).kinds, "sparsity", self.sparsity,
+               "set (a float > 0 or 'N:M') when bits is None: nothing would be compressed")  # "rank": lowrank
         get_solver(self.method).check_kind(prunes, self.bits is not None)
         self._check_dataset()
         _check(_is_int(self.nsamples) and self.nsamples > 0, "nsamples", self.nsamples, "a positive int")

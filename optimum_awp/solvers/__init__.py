@@ -1,10 +1,10 @@
 """Compression solvers: pure tensor functions registered by name (see ``base``).
 
 Importing this package registers every solver: "magnitude", "wanda", "rtn", "sparsegpt",
-"gptq", "awq", "alps" and "awp".
+"gptq", "awq", "alps", "awp" and "lowrank".
 """
 
-from . import alps, awp, awq, gptq, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
+from . import alps, awp, awq, gptq, lowrank, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
 from .awq import AWQResult
 from .base import (
     SOLVERS,

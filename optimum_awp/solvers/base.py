@@ -121,6 +121,9 @@ class SolverResult:
         objective: tr((W - Θ) C (W - Θ)ᵀ) / tr(W C Wᵀ), the relative layer objective.
         iterations: solver iterations run (0 for one-shot methods).
         history: the relative objective after each iteration, for iterative solvers.
+        factors: low-rank factors (B (out, r), A (r, in)), float32, or None: Θ holds B A (``lowrank``).
+        sparse_weight: the sparse part Θ_S (out, in) float32, zero off ``mask``, when Θ = Θ_S + B A
+            (sparse + low-rank); None otherwise.
     """
 
     weight: torch.Tensor
@@ -131,9 +134,12 @@ class SolverResult:
     objective: float = float("nan")
     iterations: int = 0
     history: list[float] = field(default_factory=list)
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None
+    sparse_weight: torch.Tensor | None = None
 
 
-KINDS = ("prune", "quantize", "joint")
+DEFAULT_KINDS = ("prune", "quantize", "joint")
+KINDS = DEFAULT_KINDS + ("rank",)
 
 
 def spec_kind(prunes: bool, quantizes: bool) -> str | None:
@@ -143,7 +149,8 @@ def spec_kind(prunes: bool, quantizes: bool) -> str | None:
     return "prune" if prunes else "quantize" if quantizes else None
 
 
-KIND_WORDS = {"prune": "pruning alone", "quantize": "INT4 alone", "joint": "pruning + INT4"}
+KIND_WORDS = {"prune": "pruning alone", "quantize": "INT4 alone", "joint": "pruning + INT4",
+              "rank": "low-rank factors alone (no sparsity, no bits)"}
 
 
 @dataclass(frozen=True)
@@ -154,14 +161,15 @@ class RegisteredSolver:
         name: the method name ("awp", "wanda", ...).
         solve: ``solve(weight (out, in), stats, spec, options) -> SolverResult``.
         options: the frozen dataclass declaring its options (``options.SolverOptions``).
-        kinds: which specs it takes: "prune" (sparsity alone), "quantize" (bits alone), "joint" (both).
+        kinds: which specs it takes: "prune" (sparsity alone), "quantize" (bits alone), "joint" (both),
+            "rank" (neither: the solver's own options say how it compresses, e.g. ``lowrank``'s rank).
         summary: one line for ``--help`` and the docs.
     """
 
     name: str
     solve: Callable[..., SolverResult]
     options: type = NoOptions
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     summary: str = ""
 
     def option_specs(self) -> tuple[OptionSpec, ...]:
@@ -200,13 +208,13 @@ SOLVERS: dict[str, RegisteredSolver] = {}
 
 
 def register_solver(
-    name: str, *, options: type = NoOptions, kinds: tuple[str, ...] = KINDS, summary: str = ""
+    name: str, *, options: type = NoOptions, kinds: tuple[str, ...] = DEFAULT_KINDS, summary: str = ""
 ) -> Callable[[Callable[..., SolverResult]], Callable[..., SolverResult]]:
     """Register ``solve(weight, stats, spec, options)`` as the method ``name``; a name can be registered once.
 
     Args:
         options: the frozen dataclass (a ``SolverOptions``) declaring the solver's options.
-        kinds: the specs it compresses, a subset of ("prune", "quantize", "joint").
+        kinds: the specs it compresses, a subset of ("prune", "quantize", "joint", "rank").
         summary: one line describing the method.
     """
     bad = sorted(set(kinds) - set(KINDS))
