@@ -27,8 +27,8 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import FORMAT_VERSION, AWPConfig
 from .embeddings import swap_empty_embeddings
+from .nn.formats import FORMAT_FAMILIES, FORMATS
 from .nn.embedding import AWPEmbedding
-from .nn.formats import FORMATS
 from .nn.linear import AWPLinear
 
 __all__ = ["MISSPELLINGS", "CheckpointError", "MisspelledQuantMethod", "check_checkpoint", "check_config",
@@ -68,12 +68,18 @@ def check_config(config: AWPConfig) -> None:
             "it was saved before compression finished. Recompress the dense model with optimum-awp."
         )
     known = sorted(FORMATS)
-    unknown = sorted({fmt for fmt in modules.values() if fmt not in known})
+    unknown = sorted({fmt for fmt in modules.values() if fmt not in known and not _in_family(fmt)})
     if unknown:
         raise CheckpointError(
             f"AWPConfig.compressed_modules uses formats {unknown} that this optimum-awp cannot read; "
-            f"known formats: {known}. Upgrade optimum-awp."
+            f"known formats: {known} and the families {sorted(FORMAT_FAMILIES)} ('lowrank-r64', ...). "
+            "Upgrade optimum-awp."
         )
+
+
+def _in_family(name: str) -> bool:
+    """Whether a parametrised format family (``nn/lowrank.py``: "lowrank-r64", ...) reads ``name``."""
+    return any(parse(name) is not None for parse in FORMAT_FAMILIES.values())
 
 
 def swap_empty_modules(model: nn.Module, config: AWPConfig) -> None:

@@ -33,7 +33,7 @@ from .calibration import (
 )  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
 from .data import dataset_kind
-from .embeddings import check_embeddings, compress_embeddings
+from .embeddings import check_embeddings, compress_embeddings, embedding_names, head_covariance
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
 logger = logging.getLogger(__name__)
@@ -227,9 +227,14 @@ def _check_vocabulary(ids: torch.Tensor, model: nn.Module | None) -> None:
 
 
 def pack_linear(result: SolverResult, spec: CompressionSpec, bias: torch.Tensor | None, dtype: torch.dtype):
-    """The AWPLinear holding ``result`` in the packed format of ``spec`` (``nn.format_for``)."""
+    """The AWPLinear holding ``result`` in the packed format of ``spec`` (``nn.format_for``), or in a low-rank
+    format (``nn.lowrank``) when the result has factors."""
     from .nn import AWPLinear, format_for
 
+    if result.factors is not None:
+        from .nn.lowrank import pack_lowrank
+
+        return pack_lowrank(result, spec, bias, dtype)
     return AWPLinear.from_parts(
         format_for(spec.pattern, spec.bits), result.weight, mask=result.mask, codes=result.codes,
         scales=result.scales, zeros=result.zeros, group_size=spec.group_size, symmetric=spec.symmetric,
@@ -354,7 +359,7 @@ def compress(
     )
     wanted = set(names)
     offloaded = {name for name in names if model.get_submodule(name).weight.device.type == "meta"}
-    pending: dict[str, SolverResult] = {}
+    pending: dict[str, tuple[SolverResult, LayerReport]] = {}
 
     def solve_block(index: int, block: nn.Module, stats: dict[str, InputStatistics]) -> bool:
         for name, inputs in stats.items():
@@ -375,22 +380,26 @@ def compress(
                                              result.iterations, seconds, fmt))
             logger.info("%s %s: objective %.5f, %d iterations, %.2fs", config.method, name,
                         result.objective, result.iterations, seconds)
-            if build is not None:
-                pending[name] = result
+            if build is not None or (pack and result.factors is not None):  # factors: a low-rank format
+                pending[name] = (result, report.layers[-1])
         return True
 
     def finish_block(index: int, block: nn.Module) -> None:
-        for name, result in pending.items():
+        for name, (result, layer) in pending.items():
             linear = model.get_submodule(name)
             bias = linear.bias.detach() if linear.bias is not None else None
-            model.set_submodule(name, build(result, spec, bias, linear.weight.dtype))
+            module = pack_linear(result, spec, bias, linear.weight.dtype)
+            layer.format = module.format
+            model.set_submodule(name, module)
         pending.clear()
 
     was_training = model.training
     model.eval()
     embeddings = {}
     if config.embedding_bits is not None:  # first, so that the blocks are calibrated on the rounded embedding
-        embeddings = compress_embeddings(model, config.group_size, config.symmetric, pack)
+        head_name = embedding_names(model)[1]
+        covariance = head_covariance(model, head_name, ids) if head_name is not None else None
+        embeddings = compress_embeddings(model, config.group_size, config.symmetric, pack, covariance)
     try:
         inputs = capture_block_inputs(model, ids, batch_size=batch_size, device=device)
         walk_blocks(model, inputs, solve_block, select=wanted.__contains__, finish_block=finish_block,
@@ -398,7 +407,7 @@ def compress(
     finally:
         model.train(was_training)
     # Only modules now held packed are listed: dense nn.Linear modules need no rebuilding on load.
-    config.compressed_modules = {layer.name: fmt for layer in report.layers} if fmt is not None else {}
+    config.compressed_modules = {layer.name: layer.format for layer in report.layers if layer.format is not None}
     config.compressed_modules.update(embeddings)
     report.config = config
     if pack:

@@ -45,6 +45,16 @@ COPIED_NAMES = ("generation_config.json", "tokenizer.json", "tokenizer_config.js
 
 def _check_exportable(config: AWPConfig) -> None:
     """Raise ValueError, naming the setting, when ``config`` has no pack-quantized equivalent."""
+    from .nn.lowrank import lowrank_format_of
+
+    lowrank = sorted({f for f in (config.compressed_modules or {}).values() if lowrank_format_of(f) is not None})
+    if lowrank or config.method == "lowrank":
+        raise ValueError(
+            f"Cannot export method={config.method!r} (low-rank factors, formats {lowrank or ['lowrank-r<rank>']}) to "
+            "compressed-tensors: it has no low-rank layout (its formats are dense, pack-quantized INT4 and legacy "
+            "2:4 configs), and writing the product B A as a dense weight would not be a compressed checkpoint. "
+            "Load the checkpoint with optimum-awp, or dequantize() it to a dense model first."
+        )
     if config.bits != 4:
         raise ValueError(
             f"Cannot export bits={config.bits!r}, sparsity={config.sparsity!r} to compressed-tensors: "

@@ -12,6 +12,7 @@ from .kernels import (
     use_backend,
 )
 from .linear import AWPLinear
+from . import lowrank  # noqa: E402,F401  (registers the low-rank format family and its kernel)
 from . import triton_kernels  # registers the Triton kernels when triton is installed (imports it on first use)
 
 __all__ = [

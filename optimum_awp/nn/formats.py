@@ -376,12 +376,29 @@ def register_format(fmt: Format) -> Format:
     return fmt
 
 
+FORMAT_FAMILIES: dict[str, Callable[[str], Format | None]] = {}
+"""Parametrised formats (``lowrank-r64``): family name -> parser of a format name, giving its Format or None.
+Their formats are not in FORMATS, so ``format_for`` never picks one for a sparsity / bits spec."""
+
+
+def register_format_family(name: str, parse: Callable[[str], Format | None]) -> None:
+    """Add a family of formats whose names carry parameters (``nn/lowrank.py``); a name can be registered once."""
+    if name in FORMAT_FAMILIES:
+        raise ValueError(f"A format family named {name!r} is already registered.")
+    FORMAT_FAMILIES[name] = parse
+
+
 def get_format(name: str) -> Format:
-    """The format registered as ``name``; a ValueError lists the known names otherwise."""
+    """The format registered as ``name`` or parsed by a family; a ValueError lists the known names otherwise."""
     try:
         return FORMATS[name]
     except KeyError:
-        raise ValueError(f"Unknown format {name!r}; known formats: {sorted(FORMATS)}.") from None
+        for parse in FORMAT_FAMILIES.values():
+            fmt = parse(name) if isinstance(name, str) else None
+            if fmt is not None:
+                return fmt
+        families = f" and the families {sorted(FORMAT_FAMILIES)}" if FORMAT_FAMILIES else ""
+        raise ValueError(f"Unknown format {name!r}; known formats: {sorted(FORMATS)}{families}.") from None
 
 
 def format_for(pattern: tuple[int, int] | None, bits: int | None) -> str | None:
@@ -521,6 +538,7 @@ __all__ = [
     "INT4_SYMMETRIC_ZERO",
     "Format",
     "dequantize_int4",
+    "FORMAT_FAMILIES",
     "format_for",
     "get_format",
     "mask_2of4",
@@ -529,6 +547,7 @@ __all__ = [
     "pack_2of4_int4",
     "pack_int4",
     "register_format",
+    "register_format_family",
     "select_2of4",
     "unpack_2of4",
     "unpack_2of4_int4",
