@@ -34,6 +34,17 @@ iterations to reach SparseGPT's objective at 50 % unstructured and does not reac
 2:4; ``step="diagonal"`` needs 17 / 26 and ``step="diagonal", momentum=True`` 9 / 11, ending
 ~20 % below SparseGPT. ``init="sparsegpt"`` starts there and only improves.
 
+Support search (docs/results/awp_vs_alps.md). IHT's step is too short to exchange support entries: with the
+Jacobi step, a dropped entry j displaces a kept entry i only when g_j² / C_jj > λ² θ_i² C_ii
+(λ = λ_max(D^-1/2 C D^-1/2), tens to hundreds on real layers), so from Wanda's support it stalls at a
+support whose objective is 1.4x ALPS's on Gemma-3-270M at 70 %. Three ways out, as options:
+
+- ``swap_rounds``: after the polish, rounds of exchanges with a unit Jacobi step and exact per-row
+  acceptance (``swap``; hard thresholding pursuit, monotone);
+- ``init="alps"``: start from ALPS's solution (its ADMM support search with a growing penalty, then PCG;
+  ``alps.py``), in the scope's set; AWP's iterations, polish and exchanges then only lower L;
+- ``anneal_iterations``: gradual pruning from the dense weight (a top-k that tightens to the target).
+
 Cost: one (out, in) @ (in, in) product per iteration (momentum needs no extra product: the
 residual is affine in Θ); the objective of the new iterate comes
 from the same product, and the sparsity projection only re-sorts the rows whose support would
@@ -59,7 +70,7 @@ from .wanda import wanda_mask
 
 logger = logging.getLogger(__name__)
 
-INITS = ("wanda", "magnitude", "sparsegpt")
+INITS = ("wanda", "magnitude", "sparsegpt", "alps")
 STEPS = ("lambda_max", "diagonal")
 SCOPES = ("row", "layer")
 
@@ -119,11 +130,30 @@ class SparseProjector:
         self.pattern = spec.pattern
         self.k = None if spec.pattern is not None else keep_count(in_features, spec.sparsity)
         self.layer = spec.pattern is None and scope == "layer"
+        self.counts: torch.Tensor | None = None
 
-    def full(self, scores: torch.Tensor) -> torch.Tensor:
-        """Fresh selection from ``scores`` (out, in)."""
+    def with_counts(self, mask: torch.Tensor) -> "SparseProjector":
+        """The per-row projector that keeps, in every row, as many entries as ``mask`` (out, in) keeps there.
+
+        For the layer scope (N:M and the row scope are per row already): support exchanges within rows then
+        keep every row's count, hence the layer's.
+        """
+        if not self.layer:
+            return self
+        fixed = SparseProjector.__new__(SparseProjector)
+        fixed.pattern, fixed.k, fixed.layer = None, self.k, False
+        fixed.counts = mask.sum(1)
+        return fixed
+
+    def full(self, scores: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Fresh selection from ``scores`` (out, in) (the ``rows`` of the matrix, when given)."""
         if self.pattern is not None:
             return nm_mask(scores, *self.pattern)
+        if self.counts is not None:
+            counts = self.counts if rows is None else self.counts[rows]
+            order = torch.argsort(scores, dim=1, descending=True, stable=True)
+            keep = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
+            return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, order, keep)
         if self.layer:
             flat = scores.reshape(-1)
             mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
@@ -155,7 +185,7 @@ class SparseProjector:
         if rows.numel() > a.shape[0] // 2:
             return self.full(a)
         new = mask.clone()
-        new[rows] = self.full(a[rows])
+        new[rows] = self.full(a[rows], rows)
         return new
 
 
@@ -232,6 +262,50 @@ def iht(
     return best[1], best[2], iterations
 
 
+def anneal(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    projector: SparseProjector,
+    step: torch.Tensor | float,
+    *,
+    scale: torch.Tensor | None = None,
+    iterations: int = 50,
+    power: float = 3.0,
+    momentum: bool = True,
+    bf16_products: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradual pruning from the dense weight: projected gradient steps onto a per-row top-k_t that tightens.
+
+    k_t = k + (in - k) (1 - t / iterations)^power (row scope); for N:M the iterations keep the per-row
+    top-k_t down to in N / M and the last one projects onto N:M. Returns (Θ, its mask) on the target set.
+    """
+    out_features, in_features = target.shape
+    k = projector.k if projector.k is not None else in_features * projector.pattern[0] // projector.pattern[1]
+    c_product = c.to(torch.bfloat16) if bf16_products else None
+    theta = target.clone()
+    grad = torch.zeros_like(theta)
+    prev_theta = prev_grad = None
+    mask = None
+    for t in range(1, iterations + 1):
+        if momentum and prev_theta is not None:
+            beta = (t - 1) / (t + 2)
+            y = torch.lerp(prev_theta, theta, 1 + beta)
+            gy = torch.lerp(prev_grad, grad, 1 + beta)
+        else:
+            y, gy = theta, grad
+        z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
+        scores = (z if scale is None else z * scale).abs()
+        if t == iterations:
+            mask = projector.full(scores)
+        else:
+            kt = k + int(round((in_features - k) * (1 - t / iterations) ** power))
+            mask = topk_mask(scores, kt)
+        prev_theta, prev_grad = theta, grad
+        theta = z.mul_(mask)
+        grad = _objective(target, c, theta, c_product)[0]
+    return theta, mask
+
+
 def polish(
     target: torch.Tensor,
     c: torch.Tensor,
@@ -252,6 +326,24 @@ def polish(
     ``max_iterations`` or when the relative change of L falls below ``tolerance``; appends ``L / norm``
     to ``history``. Returns the polished Θ (zero off the support) and the iterations run.
     """
+    theta, _, iterations = _polish(target, c, theta, mask, preconditioner, max_iterations=max_iterations,
+                                   tolerance=tolerance, norm=norm, history=history)
+    return theta, iterations
+
+
+def _polish(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    mask: torch.Tensor,
+    preconditioner: torch.Tensor,
+    *,
+    max_iterations: int = 10,
+    tolerance: float = 1e-5,
+    norm: float = 1.0,
+    history: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``polish``, also returning the residual product G = (W - Θ) C of the result (out, in)."""
     history = [] if history is None else history
     keep = mask.to(c.dtype)
     theta = theta * keep
@@ -279,7 +371,71 @@ def polish(
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
         direction = z.addcmul_(beta.unsqueeze(1), direction)
         rz = rz_new
-    return theta, iterations
+    return theta, grad, iterations
+
+
+def swap(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    mask: torch.Tensor,
+    projector: SparseProjector,
+    preconditioner: torch.Tensor,
+    *,
+    rounds: int = 10,
+    cg_iterations: int = 10,
+    tolerance: float = 1e-5,
+    norm: float = 1.0,
+    history: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Support exchanges with exact per-row acceptance (hard thresholding pursuit with a unit Jacobi step).
+
+    At a point stationary on its support, dropping kept entry i costs θ_i² C_ii and adding dropped entry j
+    (at its best value g_j / C_jj, G = (W - Θ) C) gains g_j² / C_jj, cross terms aside. Each round takes
+    Z = Θ + t_r G / diag(C) (``preconditioner`` = diag(C), (in,)) and the projector's support of
+    |Z| sqrt(diag C): with the row's step factor t_r = 1 that exchanges every kept entry for every dropped
+    one that gains more than it costs (IHT's step 1/λ_max(D^-1/2 C D^-1/2) only does so when the gain is
+    λ² times the cost, which is why IHT stalls at a support ALPS improves on). Every row whose support
+    changes gets ``cg_iterations`` CG iterations on its new support and keeps the new row only when its
+    objective is lower (rows are independent: L is their sum), so L never increases. A row that refuses
+    quarters its t_r (fewer, surer exchanges), one that accepts doubles it (up to 1); a row whose t_r falls
+    below 1/64 stops. Needs a per-row projector (row scope or N:M). ``theta``, ``mask`` are updated in
+    place. Returns (Θ, its support, rounds run); appends L / norm after each round to ``history``.
+    """
+    history = [] if history is None else history
+    root = preconditioner.sqrt()
+    delta = target - theta
+    grad = delta @ c
+    row_loss = (grad.double() * delta.double()).sum(1)
+    factor = torch.ones(theta.shape[0], dtype=theta.dtype, device=theta.device)
+    done = 0
+    for done in range(1, rounds + 1):
+        active = factor >= 1 / 64
+        if not bool(active.any()):
+            break
+        z = torch.addcmul(theta, grad * factor.unsqueeze(1), (1 / preconditioner).unsqueeze(0))
+        new_mask = projector(z * root, mask)
+        changed = (new_mask ^ mask).any(1) & active
+        rows = changed.nonzero().flatten()
+        factor = torch.where(changed | ~active, factor, (factor * 2).clamp(max=1))
+        if rows.numel() == 0:
+            if bool((factor[active] >= 1).all()):
+                break
+            continue
+        sub_mask = new_mask[rows]
+        candidate, sub_grad, _ = _polish(target[rows], c, z[rows] * sub_mask, sub_mask, preconditioner,
+                                         max_iterations=cg_iterations, tolerance=tolerance)
+        sub_loss = (sub_grad.double() * (target[rows] - candidate).double()).sum(1)
+        accept = sub_loss < row_loss[rows]
+        taken = rows[accept]
+        theta[taken] = candidate[accept]
+        grad[taken] = sub_grad[accept]
+        mask[taken] = sub_mask[accept]
+        row_loss[taken] = sub_loss[accept]
+        factor[taken] = (factor[taken] * 2).clamp(max=1)
+        factor[rows[~accept]] /= 4
+        history.append(float(row_loss.sum()) / norm)
+    return theta, mask, done
 
 
 def least_squares_scales(
@@ -328,7 +484,8 @@ def least_squares_scales(
 
 
 def _start(
-    weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, init: str, per_row: bool = True
+    weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, init: str, per_row: bool = True,
+    damping: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only).
 
@@ -342,6 +499,13 @@ def _start(
     if init == "sparsegpt":
         point = obs_compress(w, covariance, sparse_spec, per_row=per_row and spec.pattern is None)
         return point.weight, point.mask
+    if init == "alps":
+        from .alps import ALPSOptions
+        from .alps import solve as alps_solve
+
+        result = alps_solve(w, LayerStats(covariance=covariance), sparse_spec,
+                            ALPSOptions(scope="row" if per_row else "layer", damping=damping))
+        return result.weight, result.mask
     mask = wanda_mask(w, covariance, sparse_spec) if init == "wanda" else sparsity_mask(w, sparse_spec)
     return w * mask, mask
 
@@ -365,6 +529,13 @@ class AWPOptions(SolverOptions):
                                  "float32)")
     polish_iterations: int = option(10, "after the sparsity phase, at most this many float32 conjugate-gradient "
                                     "iterations on the values of the fixed support (never increases L)", minimum=0)
+    anneal_iterations: int = option(0, "gradual pruning from the dense weight before the sparsity phase: this many "
+                                    "projected steps onto a per-row top-k that tightens to the target (0: start from "
+                                    "init)", minimum=0)
+    swap_rounds: int = option(0, "after the polish, at most this many rounds of support exchanges with exact per-row "
+                              "acceptance (row scope and N:M; never increases L)", minimum=0)
+    swap_cg_iterations: int = option(10, "conjugate-gradient iterations on a row's new support in each exchange round",
+                                     minimum=1)
 
 
 @register_solver("awp", options=AWPOptions, summary="projected gradient descent on the layer objective (this package)")
@@ -388,20 +559,34 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     mask = None
     if spec.prunes:
         projector = SparseProjector(spec, in_features, options.scope)
-        theta0, mask0 = _start(weight, stats.covariance, spec, options.init, per_row=options.scope == "row")
+        if options.anneal_iterations and not projector.layer:
+            theta0, mask0 = anneal(target, c, projector, prepared.eta, scale=prepared.scale,
+                                   iterations=options.anneal_iterations, momentum=options.momentum,
+                                   bf16_products=options.bf16_products)
+            iterations += options.anneal_iterations
+        else:
+            theta0, mask0 = _start(weight, stats.covariance, spec, options.init, per_row=options.scope == "row",
+                                   damping=options.damping)
         if projector.layer and int(mask0.sum()) > projector.k * out_features:
             # SparseGPT's block-wise rounding may keep a few more than the layer's count: trim them
             mask0 = projector(theta0, None) & mask0
             theta0 = theta0 * mask0
-        theta, mask, iterations = iht(
+        theta, mask, phase = iht(
             target, c, theta0, mask0, projector, prepared.eta, scale=prepared.scale,
             max_iterations=options.max_iterations, tolerance=options.tolerance, momentum=options.momentum, norm=norm,
             history=history, bf16_products=options.bf16_products,
         )
+        iterations += phase
         if options.polish_iterations:
             theta, polished = polish(target, c, theta, mask, prepared.diagonal, max_iterations=options.polish_iterations,
                                      tolerance=options.tolerance / 10, norm=norm, history=history)
             iterations += polished
+        if options.swap_rounds:
+            theta, mask, rounds = swap(target, c, theta, mask, projector.with_counts(mask), prepared.diagonal,
+                                       rounds=options.swap_rounds,
+                                       cg_iterations=options.swap_cg_iterations, tolerance=options.tolerance / 10,
+                                       norm=norm, history=history)
+            iterations += rounds
         last = history[-1] if history else float("nan")
         logger.debug("awp sparse phase: %d iterations, objective %.4g", iterations, last)
 
