@@ -68,7 +68,8 @@ class Setting:
     name: str
     sparsity: float | str | None
     bits: int | None
-    kind: str  # "prune", "quant" or "joint"
+    kind: str  # "prune", "quant", "joint", "rank" (low-rank alone) or "sparse+rank" (AWP + low-rank)
+    rank: float | None = None  # lowrank's rank option: a rank >= 1, or the share of each layer's parameters kept
 
 
 SETTINGS = {
@@ -82,13 +83,29 @@ SETTINGS = {
         Setting("int4", None, 4, "quant"),
         Setting("2:4+int4", "2:4", 4, "joint"),
         Setting("50%+int4", 0.5, 4, "joint"),
+        # low-rank alone at 20 / 40 / 50 % parameter reduction (rank = share of each layer's parameters kept)
+        Setting("lowrank-20%", None, None, "rank", rank=0.8),
+        Setting("lowrank-40%", None, None, "rank", rank=0.6),
+        Setting("lowrank-50%", None, None, "rank", rank=0.5),
+        # AWP + low-rank at the bytes of AWP alone (``bytes_per_weight``): 80 % + 0.1 = 75 % + 0.05 = 70 %,
+        # 70 % + 0.1 = 60 %,
+        # and a 2:4 mask plus a small rank (0.05: 1.225 B/w, the bytes of 45 % unstructured)
+        Setting("80%+lr0.1", 0.8, None, "sparse+rank", rank=0.1),
+        Setting("75%+lr0.05", 0.75, None, "sparse+rank", rank=0.05),
+        Setting("70%+lr0.1", 0.7, None, "sparse+rank", rank=0.1),
+        Setting("2:4+lr0.05", "2:4", None, "sparse+rank", rank=0.05),
+        Setting("45%", 0.45, None, "prune"),
     )
 }
 METHODS = {
     "prune": ("magnitude", "wanda", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
     "quant": ("rtn", "awq", "gptq", "awp-paper", "awp"),
     "joint": ("wanda", "awq", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
+    "rank": ("lowrank-svd", "lowrank"),
+    "sparse+rank": ("lowrank",),
 }
+# Runs of the lowrank solver with settings other than its defaults: run name -> AWPConfig fields.
+LOWRANK_VARIANTS = {"lowrank-svd": {"activation_aware": False}}  # plain SVD of W, the activation-blind baseline
 HEADLINE_SETTINGS = ("70%", "80%", "2:4", "2:4+int4")
 HEADLINE_METHODS = ("wanda", "sparsegpt", "alps", "awp")
 # Runs of the awp solver with settings other than AWPConfig's defaults: run name -> AWPConfig fields.
@@ -101,7 +118,8 @@ AWP_VARIANTS = {
 }
 LABELS = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "awp": "AWP", "rtn": "RTN",
           "awq": "AWQ", "gptq": "GPTQ", "awp-paper": "AWP (paper step)", "awp-sparsegpt": "AWP (SparseGPT start)",
-          "alps": "ALPS"}
+          "alps": "ALPS", "lowrank": "low-rank (W C^1/2, this package)", "lowrank-svd": "plain SVD of W"}
+SPARSE_RANK_LABELS = {"lowrank": "AWP + low-rank"}
 JOINT_LABELS = {"wanda": "Wanda + RTN", "awq": "Wanda + AWQ", "sparsegpt": "SparseGPT (joint)", "awp": "AWP (joint)",
                 "alps": "ALPS + OBS INT4",
                 "awp-paper": "AWP (joint, paper step)", "awp-sparsegpt": "AWP (joint, SparseGPT start)"}
@@ -109,12 +127,46 @@ GROUP_SIZE = 128  # the GGUF's own 4-bit blocks are 32 wide: group 32 would flat
 
 
 def label(method: str, setting: Setting) -> str:
-    return (JOINT_LABELS if setting.kind == "joint" else LABELS).get(method, method)
+    labels = {"joint": JOINT_LABELS, "sparse+rank": SPARSE_RANK_LABELS}.get(setting.kind, LABELS)
+    return labels.get(method, LABELS.get(method, method))
 
 
 def solver_of(method: str) -> str:
-    """The registered solver behind a run name ("awp-paper" -> "awp")."""
-    return "awp" if method in AWP_VARIANTS else method
+    """The registered solver behind a run name ("awp-paper" -> "awp", "lowrank-svd" -> "lowrank")."""
+    return "awp" if method in AWP_VARIANTS else "lowrank" if method in LOWRANK_VARIANTS else method
+
+
+def bytes_per_weight(setting: Setting, shapes: list[tuple[int, int]], dtype_bytes: int = 2) -> float:
+    """Stored bytes per weight of the block linears of ``shapes`` (out, in) in ``setting``, values in a
+    ``dtype_bytes`` model dtype (bf16: 2), scales per group of 128:
+
+    - dense: ``dtype_bytes``; 2:4: half the values + 2-bit positions (1/8 byte per weight);
+    - unstructured p: the bitmap format's values (1 - p) + 1 bit per weight (what the ``bitmap-k+lowrank``
+      format stores; optimum-awp keeps unstructured pruning alone in nn.Linear, so for AWP alone this is the
+      size of that layout, not of its checkpoint);
+    - INT4: half a byte per value + one scale per 128 inputs;
+    - factors of rank r: r (out + in) values.
+    """
+    from optimum_awp.solvers.lowrank import layer_rank
+    from optimum_awp.solvers.projections import keep_count
+
+    total = weights = 0.0
+    for out_f, in_f in shapes:
+        weights += out_f * in_f
+        value = 0.5 if setting.bits else dtype_bytes
+        scales = out_f * in_f / GROUP_SIZE * dtype_bytes if setting.bits else 0.0
+        if setting.sparsity == "2:4":
+            part = out_f * in_f / 2 * value + out_f * in_f / 8
+        elif isinstance(setting.sparsity, float):
+            part = out_f * keep_count(in_f, setting.sparsity) * value + out_f * in_f / 8
+        elif setting.kind == "rank":
+            part = 0.0
+        else:
+            part = out_f * in_f * value
+        total += part + scales
+        if setting.rank is not None:
+            total += layer_rank(setting.rank, out_f, in_f) * (out_f + in_f) * dtype_bytes
+    return total / weights
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,21 +423,27 @@ def results_table(data: dict) -> list[str]:
     dense = runs.get("dense")
     seeds = data["meta"].get("seeds", 1)
     ppl_head = "Perplexity" if seeds == 1 else f"Perplexity (mean ± sd over {seeds} seeds)"
+    sizes = any("bytes_per_weight" in r for r in runs.values())  # the column of the low-rank rows' files
+    size_head, size_rule = (" Bytes / weight (bf16) |", "---:|") if sizes else ("", "")
     lines = [
-        f"| Setting | Method | {ppl_head} | SE of mean NLL | × dense | Mean layer objective | Compression time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| Setting | Method | {ppl_head} | SE of mean NLL | × dense | Mean layer objective | Compression time (s) |"
+        f"{size_head}",
+        f"|---|---|---:|---:|---:|---:|---:|{size_rule}",
     ]
     if dense:
-        lines.append(f"| dense | — | {dense['ppl']:.3f} | {_fmt(dense.get('nll_se'), '.4f')} | 1.00 | 0 | — |")
+        lines.append(f"| dense | — | {dense['ppl']:.3f} | {_fmt(dense.get('nll_se'), '.4f')} | 1.00 | 0 | — |"
+                     + (" 2 |" if sizes else ""))
     for setting in SETTINGS.values():
         for method in METHODS[setting.kind]:
             c = cell(runs, setting.name, method)
             if c is None:
                 continue
             ratio = c.mean / dense["ppl"] if dense else None
+            size = seed_runs(runs, setting.name, method)[0].get("bytes_per_weight")
             lines.append(
                 f"| {setting.name} | {label(method, setting)} | {_ppl_text(c)} | {_fmt(c.se, '.4f')} | "
                 f"{_fmt(ratio, '.2f')} | {_fmt(c.objective, '.4f')} | {c.seconds:.1f} |"
+                + (f" {_fmt(size, '.3f')} |" if sizes else "")
             )
     return lines
 
@@ -422,7 +480,23 @@ def target_lines(data: dict) -> list[str]:
             ok = a["compress_seconds"] <= b["compress_seconds"]
             out.append(f"- {setting.name} compression time: AWP {a['compress_seconds']:.1f}s vs SparseGPT "
                        f"{b['compress_seconds']:.1f}s: {'met' if ok else '**MISSED**'}")
+    for setting in SETTINGS.values():
+        if setting.kind != "rank":
+            continue
+        a, b = ppl(setting.name, "lowrank"), ppl(setting.name, "lowrank-svd")
+        if a is not None and b is not None:
+            out.append(f"- {setting.name}: low-rank of W C^1/2 {a:.3f} vs plain SVD {b:.3f}: "
+                       f"{'lower' if a < b else '**not lower**'}")
+    for combined, alone in EQUAL_BYTES.items():
+        a, b = ppl(combined, "lowrank"), ppl(alone, "awp")
+        if a is not None and b is not None:
+            out.append(f"- equal bytes: AWP + low-rank {combined} {a:.3f} vs AWP {alone} {b:.3f}: "
+                       f"{'met' if a < b else '**MISSED**'}")
     return out or ["- no AWP run yet"]
+
+
+# AWP + low-rank setting -> the AWP-alone setting of the same bytes per weight (``bytes_per_weight``)
+EQUAL_BYTES = {"80%+lr0.1": "70%", "75%+lr0.05": "70%", "70%+lr0.1": "60%", "2:4+lr0.05": "45%"}
 
 
 def settings_lines(data: dict) -> list[str]:
@@ -817,7 +891,7 @@ def run_options(method: str, args) -> dict:
 
     declared = {spec.name for spec in get_solver(solver_of(method)).option_specs()}
     given = {k: v for k, v in solver_options(args).items() if k in declared}
-    return {**given, **AWP_VARIANTS.get(method, {})}
+    return {**given, **AWP_VARIANTS.get(method, {}), **LOWRANK_VARIANTS.get(method, {})}
 
 
 def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> dict:
@@ -825,11 +899,13 @@ def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> di
     from optimum_awp.compress import compress
     from optimum_awp.config import AWPConfig
 
+    rank = {"rank": setting.rank} if setting.rank is not None else {}
     config = AWPConfig(method=solver_of(method), sparsity=setting.sparsity, bits=setting.bits, group_size=GROUP_SIZE,
-                       nsamples=ids.shape[0], seqlen=ids.shape[1], **run_options(method, args))
+                       nsamples=ids.shape[0], seqlen=ids.shape[1], **{**run_options(method, args), **rank})
     report = compress(model, config, ids, pack=False, progress=not args.no_progress, batch_size=args.batch_size)
     return {
         "options": report.config.options,
+        "bytes_per_weight": round(bytes_per_weight(setting, [tuple(l.shape) for l in report.layers]), 4),
         "compress_seconds": round(report.seconds, 2),
         "mean_objective": report.mean_objective,
         "layers": [{"name": l.name, "objective": l.objective, "iterations": l.iterations,
