@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .nn.embedding import AWPEmbedding, AWPTiedHead, embedding_scale
-from .nn.formats import get_format
+from .nn.formats import dequantize_int4, get_format
 from .nn.linear import AWPLinear
 from .solvers.projections import _grouped, grid_params, quantize_with
 
@@ -133,29 +133,104 @@ def round_rows(weight: torch.Tensor, group_size: int, symmetric: bool, scale_dty
             torch.cat([p[2] for p in parts]), zeros)
 
 
+class _HeadReached(Exception):
+    """Raised by the capture hook: the forward stops at the head's input, no logits are computed."""
+
+
+def head_covariance(model: nn.Module, head_name: str, ids: torch.Tensor) -> torch.Tensor:
+    """C = X Xᵀ / n of the output head's inputs X (the final hidden states) over calibration ``ids``.
+
+    One forward of the model per sample, stopped at the head by a pre-hook (no logits are computed).
+
+    Args:
+        ids: int64 (nsamples, seqlen) token ids.
+    Returns:
+        float32 (in, in) on the head's input device.
+    """
+    head = model.get_submodule(head_name)
+    total: list[torch.Tensor] = []
+    count = 0
+
+    def capture(module, args):
+        nonlocal count
+        x = args[0].reshape(-1, args[0].shape[-1]).to(torch.float32)
+        if not total:
+            total.append(torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device))
+        total[0].addmm_(x.T, x)
+        count += x.shape[0]
+        raise _HeadReached
+
+    device = model.get_input_embeddings().weight.device
+    handle = head.register_forward_pre_hook(capture)
+    try:
+        with torch.inference_mode():
+            for row in ids:
+                try:
+                    model(input_ids=row[None].to(device), use_cache=False)
+                except _HeadReached:
+                    pass
+    finally:
+        handle.remove()
+    if not count:
+        raise ValueError(f"the forward never reached the output head {head_name}: cannot calibrate its rounding.")
+    return total[0] / count
+
+
+def gptq_rows(weight: torch.Tensor, covariance: torch.Tensor, group_size: int, symmetric: bool,
+              chunk: int = 32768):
+    """GPTQ (OBS error feedback, ``solvers.sparsegpt.obs_compress``) of ``weight`` (rows, cols) on the INT4 group
+    grid for inputs of covariance (cols, cols): lowers ‖(W − Θ) C^{1/2}‖², the head's output error. Rows are
+    independent given C, so they are done ``chunk`` at a time (bounded memory, same result).
+
+    Returns (codes uint8 (rows, cols), scales float32 (rows, groups), zeros float32 (rows, groups) or None).
+    """
+    from .solvers import CompressionSpec
+    from .solvers.sparsegpt import obs_compress
+
+    spec = CompressionSpec(bits=4, group_size=group_size, symmetric=symmetric)
+    parts = [obs_compress(rows.to(torch.float32), covariance.to(rows.device), spec)
+             for rows in weight.detach().split(chunk)]
+    zeros = None if symmetric else torch.cat([p.zeros for p in parts])
+    return torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]), zeros
+
+
 def compress_embeddings(model: nn.Module, group_size: int, symmetric: bool, pack: bool = True,
+                        covariance: torch.Tensor | None = None,
                         shrinks: tuple[float, ...] = (1.0,)) -> dict[str, str]:
     """Round the input embedding and the output head of ``model`` to INT4 in place.
 
+    The head's rows (the tied tensor, for a tied head) are rounded with GPTQ for its inputs' ``covariance``
+    (:func:`head_covariance`) when given, else to nearest (:func:`round_rows`, also the untied embedding's).
     With ``pack`` the modules are replaced by ``AWPEmbedding`` / ``AWPTiedHead`` (tied) or an "int4"
-    ``AWPLinear`` (untied head); without, the dense weights are overwritten with their grid values (a tied head
-    stays tied). Returns the compressed module names -> "int4" (empty without ``pack``).
+    ``AWPLinear`` (untied head); without, the dense weights are overwritten with the grid values the packed
+    modules would hold (a tied head stays tied). Returns the compressed module names -> "int4" (empty without
+    ``pack``).
     """
     input_name, head_name, tied = check_embeddings(model, group_size)
     embedding = model.get_submodule(input_name)
-    dequant, codes, scales, zeros = round_rows(embedding.weight, group_size, symmetric, shrinks=shrinks)
-    compressed: dict[str, str] = {}
     head = model.get_submodule(head_name) if head_name is not None and not tied else None
+
+    def grid(weight, aware):
+        if aware and covariance is not None:
+            return gptq_rows(weight, covariance, group_size, symmetric)
+        return round_rows(weight, group_size, symmetric, shrinks=shrinks)[1:]
+
+    codes, scales, zeros = grid(embedding.weight, tied)
+    packed = AWPEmbedding.from_parts(embedding, codes, scales, zeros, group_size=group_size, symmetric=symmetric)
+    packed_head = None
     if head is not None:
-        head_dequant, head_codes, head_scales, head_zeros = round_rows(head.weight, group_size, symmetric,
-                                                                       shrinks=shrinks)
+        head_codes, head_scales, head_zeros = grid(head.weight, True)
+        packed_head = AWPLinear.from_parts(
+            FORMAT, dequantize_int4(head_codes, head_scales, head_zeros, torch.float32), codes=head_codes,
+            scales=head_scales, zeros=head_zeros, group_size=group_size, symmetric=symmetric, bias=head.bias,
+            dtype=head.weight.dtype)
+    compressed: dict[str, str] = {}
     if not pack:
         with torch.no_grad():
-            embedding.weight.copy_(dequant)
+            embedding.weight.copy_(packed.dequantize(torch.float32))
             if head is not None:
-                head.weight.copy_(head_dequant)
+                head.weight.copy_(packed_head.dequantize(torch.float32))
         return compressed
-    packed = AWPEmbedding.from_parts(embedding, codes, scales, zeros, group_size=group_size, symmetric=symmetric)
     model.set_submodule(input_name, packed)
     compressed[input_name] = FORMAT
     if tied:
@@ -163,12 +238,11 @@ def compress_embeddings(model: nn.Module, group_size: int, symmetric: bool, pack
         _drop_tie(model, input_name, head_name)
         compressed[head_name] = FORMAT
     elif head is not None:
-        model.set_submodule(head_name, AWPLinear.from_parts(
-            FORMAT, head_dequant, codes=head_codes, scales=head_scales, zeros=head_zeros, group_size=group_size,
-            symmetric=symmetric, bias=head.bias, dtype=head.weight.dtype))
+        model.set_submodule(head_name, packed_head)
         compressed[head_name] = FORMAT
-    logger.info("embedding_bits=4: %s%s rounded to INT4 g%d", input_name,
-                f" and {'the tied ' if tied else ''}{head_name}" if head_name else "", group_size)
+    logger.info("embedding_bits=4: %s%s rounded to INT4 g%d (%s)", input_name,
+                f" and {'the tied ' if tied else ''}{head_name}" if head_name else "", group_size,
+                "GPTQ for the head's inputs" if covariance is not None else "round to nearest")
     return compressed
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, pipeline
 from optimum_awp.checkpoint import CheckpointError
 from optimum_awp.compress import compress
 from optimum_awp.config import AWPConfig
-from optimum_awp.embeddings import SHRINKS, compress_embeddings, round_rows
+from optimum_awp.embeddings import SHRINKS, compress_embeddings, head_covariance, round_rows
 from optimum_awp.evaluate import model_sizes
 from optimum_awp.nn import AWPLinear, use_backend
 from optimum_awp.nn.embedding import AWPEmbedding, AWPTiedHead
@@ -91,13 +91,24 @@ def test_tied_head_is_one_packed_tensor(tmp_path):
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
 
 
+def relative_objective(weight, theta, covariance) -> float:
+    """‖(W − Θ) C^{1/2}‖² / ‖W C^{1/2}‖²."""
+    delta = weight - theta
+    return float(torch.einsum("ij,jk,ik->", delta, covariance, delta) / torch.einsum("ij,jk,ik->", weight, covariance, weight))
+
+
 def test_untied_head_is_an_int4_linear(tmp_path):
     model = tiny_llama(tie=False)
-    head_weight = model.lm_head.weight.detach().clone()
+    head_weight, embedding_weight = model.lm_head.weight.detach().clone(), model.model.embed_tokens.weight.detach().clone()
+    covariance = head_covariance(model, "lm_head", random_ids(4, 16))
     compress(model, config(), progress=False)
     assert isinstance(model.lm_head, AWPLinear) and not isinstance(model.lm_head, AWPTiedHead)
     assert model.lm_head.format == "int4"
-    assert torch.equal(model.lm_head.dequantize(torch.float32), round_rows(head_weight, 128, True)[0])
+    # the embedding is rounded to nearest (its error is its own), the head with GPTQ for its inputs
+    assert torch.equal(model.model.embed_tokens.dequantize(torch.float32), round_rows(embedding_weight, 128, True)[0])
+    gptq = relative_objective(head_weight, model.lm_head.dequantize(torch.float32), covariance)
+    rtn = relative_objective(head_weight, round_rows(head_weight, 128, True)[0], covariance)
+    assert gptq < 0.9 * rtn
     model.save_pretrained(tmp_path / "out")
     assert {"lm_head.qweight", "model.embed_tokens.qweight"} <= set(saved_keys(tmp_path / "out"))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -132,12 +143,26 @@ def test_pipeline_reload_generates_the_in_memory_tokens(tmp_path):
 
 
 def test_without_pack_the_dense_weights_hold_the_grid_values():
+    packed = tiny_llama(tie=True)
+    compress(packed, config(), progress=False)
     model = tiny_llama(tie=True)
-    weight = model.model.embed_tokens.weight.detach().clone()
     report = compress(model, config(), progress=False, pack=False)
     assert type(model.model.embed_tokens) is nn.Embedding and model.lm_head.weight is model.model.embed_tokens.weight
-    assert torch.equal(model.model.embed_tokens.weight, round_rows(weight, 128, True)[0])
+    assert torch.equal(model.model.embed_tokens.weight, packed.model.embed_tokens.dequantize(torch.float32))
     assert report.config.compressed_modules == {}
+
+
+def test_the_tied_rows_are_rounded_for_the_heads_inputs():
+    model = tiny_gemma3()
+    weight = model.lm_head.weight.detach().clone()
+    ids = random_ids(4, 16)
+    covariance = head_covariance(model, "lm_head", ids)
+    hidden = model.model(input_ids=ids).last_hidden_state.reshape(-1, 128).detach()
+    assert torch.allclose(covariance, hidden.T @ hidden / hidden.shape[0], atol=1e-5, rtol=1e-4)
+    compress(model, config(dataset=ids), progress=False)
+    gptq = relative_objective(weight, model.get_input_embeddings().dequantize(torch.float32), covariance)
+    rtn = relative_objective(weight, round_rows(weight, 128, True)[0], covariance)
+    assert gptq < 0.9 * rtn
 
 
 def test_dequantize_gives_dense_tied_modules():
