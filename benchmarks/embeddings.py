@@ -1,9 +1,10 @@
 """What ``embedding_bits=4`` costs and gives on the embedded Gemma-3-270M (bfloat16): perplexity, bytes, head speed.
 
 The blocks stay dense here, so the perplexity change is the INT4 embedding's alone (the tied head rounds with
-it: one tensor). Rows: dense bf16; min-max round to nearest and round to nearest with the per-group clipping
-search (``embeddings.round_rows``) at each group size; asymmetric; and two diagnostic rows that untie the head
-and round only one of the two uses of the tensor (dense matmuls there: no size). The head
+it: one tensor). Rows: dense bf16; the default (GPTQ of the tied rows for the head's inputs, C from 32 x 512
+calibration tokens as ``compress`` takes them), min-max round to nearest, round to nearest with a per-group
+clipping search (``embeddings.round_rows``), smaller groups, asymmetric; and two diagnostic rows that untie the
+head and round only one of the two uses of the tensor (dense matmuls there: no size). The head
 timing is one (tokens, 640) x (640, 262144) product: bf16 ``F.linear`` against the tied INT4 head
 (``AWPTiedHead``, auto-dispatched), at 1, 16, 64 and 256 tokens, median of repeats, side by side in one run.
 
@@ -25,15 +26,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "embeddings.md"
 NOTES_MARKER = "<!-- notes: text below this line is kept when benchmarks/embeddings.py rewrites the file -->"
-# (label, group size, symmetric, clipping search, which of the two uses of the tied tensor are rounded)
+# (label, group size, symmetric, rounding, which of the two uses of the tied tensor are rounded);
+# rounding: "gptq" for the head's inputs (the default), "rtn" min-max round to nearest, "clip" RTN + clipping search
 VARIANTS = [
-    ("INT4 g128 (min-max RTN, the default)", 128, True, False, "both"),
-    ("INT4 g128, clipping search", 128, True, True, "both"),
-    ("INT4 g64", 64, True, False, "both"),
-    ("INT4 g32", 32, True, False, "both"),
-    ("INT4 g128 asymmetric", 128, False, False, "both"),
-    ("INT4 g128, lookup only (head dense)", 128, True, False, "lookup"),
-    ("INT4 g128, head only (lookup dense)", 128, True, False, "head"),
+    ("INT4 g128 (GPTQ for the head's inputs, the default)", 128, True, "gptq", "both"),
+    ("INT4 g128, round to nearest", 128, True, "rtn", "both"),
+    ("INT4 g128, round to nearest + clipping search", 128, True, "clip", "both"),
+    ("INT4 g64", 64, True, "gptq", "both"),
+    ("INT4 g32", 32, True, "gptq", "both"),
+    ("INT4 g128 asymmetric", 128, False, "gptq", "both"),
+    ("INT4 g128 round to nearest, lookup only (head dense)", 128, True, "rtn", "lookup"),
+    ("INT4 g128 round to nearest, head only (lookup dense)", 128, True, "rtn", "head"),
 ]
 
 
@@ -75,13 +78,16 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--nwindows", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--nsamples", type=int, default=32, help="calibration samples of the head's inputs")
+    parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--output", type=Path, default=OUT)
     parser.add_argument("--no-speed", dest="speed", action="store_false",
                         help="perplexity rows only (no head timing: for a machine that is not quiet)")
     args = parser.parse_args()
 
     from optimum_awp.data import DEFAULT_SOURCE, embedded_model
-    from optimum_awp.embeddings import SHRINKS, compress_embeddings
+    from optimum_awp.data import calibration_samples
+    from optimum_awp.embeddings import SHRINKS, compress_embeddings, head_covariance
     from optimum_awp.evaluate import load_model, model_sizes, perplexity
 
     start_load = loadavg()
@@ -94,13 +100,17 @@ def main() -> None:
     rows.append(("dense bf16", "-", result.ppl, dense_bytes))
     print(rows[-1], flush=True)
     dense_head = dense.get_output_embeddings().weight.detach().clone()
+    # what compress() does with embedding_bits: C of the head's inputs over the calibration samples
+    ids = calibration_samples(tokenizer, DEFAULT_SOURCE, nsamples=args.nsamples, seqlen=args.calib_seqlen)
+    covariance = head_covariance(dense, "lm_head", ids)
     del dense
     speed_model = None
-    for label, group, symmetric, search, which in VARIANTS:
+    for label, group, symmetric, rounding, which in VARIANTS:
         model, _ = load_model(path, dtype="bfloat16")
-        shrinks = SHRINKS if search else (1.0,)
+        shrinks = SHRINKS if rounding == "clip" else (1.0,)
         if which == "both":
-            compress_embeddings(model, group, symmetric, shrinks=shrinks)
+            compress_embeddings(model, group, symmetric, covariance=covariance if rounding == "gptq" else None,
+                                shrinks=shrinks)
         else:
             round_one_use(model, group, symmetric, shrinks, which)
         ppl = perplexity(model, tokenizer, DEFAULT_SOURCE, seqlen=args.seqlen, nwindows=args.nwindows,

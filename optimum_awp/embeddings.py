@@ -2,17 +2,20 @@
 
 The embedding and the head are outside the decoder blocks that the solvers compress, and on a small model
 they are most of it (Gemma-3-270M: a 262k x 640 embedding tied to the head, two thirds of the weights). With
-``AWPConfig(embedding_bits=4)`` they are rounded to nearest on the INT4 group grid of the config (group size,
-symmetry), row by row (a row of the embedding is an output of the head), and stored packed:
+``AWPConfig(embedding_bits=4)`` they are stored on the INT4 group grid of the config (group size, symmetry), row
+by row (a row of the embedding is an output of the head):
 
 - tied head (``tie_word_embeddings``): the embedding becomes an ``AWPEmbedding`` and the head an
   ``AWPTiedHead`` reading the same packed rows, so memory and checkpoint hold them once;
 - untied head: the embedding becomes an ``AWPEmbedding`` and the head an "int4" ``AWPLinear``.
 
-Min-max round to nearest, not an activation-aware rounding: one tensor serves the lookup (whose error is the
-rows' own error) and the head. A clipping search for the least squared error per group lowers the rows' error
-but raises the perplexity (30.17 vs 29.48 at g128 on Gemma-3-270M: the clipped extremes matter), so it is not
-the default; docs/results/embeddings.md measures both. Both modules are listed in
+The head's rows (for a tied head, the one tensor) are rounded with GPTQ for the head's inputs: C of the final
+hidden states over the calibration ids (:func:`head_covariance`), so the logits' error is what is minimised. On
+Gemma-3-270M at g128 that gives 27.9 against 29.5 for round to nearest (dense 24.5): the head's rounding costs
+more than the lookup's (14 % vs 6 % of perplexity, each alone), so the tied tensor is rounded for the head. An
+untied embedding is rounded to nearest (a lookup's error is the rows' own). A clipping search for the least
+squared error per group lowers the rows' error but raises the perplexity (30.2 vs 29.5), so round to nearest
+stays min-max. docs/results/embeddings.md has the measurements. Both modules are listed in
 ``compressed_modules`` with format "int4"; :func:`swap_empty_embeddings` rebuilds them on load.
 """
 
