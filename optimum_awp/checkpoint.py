@@ -88,7 +88,7 @@ def swap_empty_modules(model: nn.Module, config: AWPConfig) -> None:
     The buffers take the shapes of the module they replace and the dtype of its weight (which
     ``from_pretrained`` already set from ``dtype=``); integer buffers keep their own dtype.
     """
-    handled = swap_empty_embeddings(model, config.compressed_modules, config.group_size, config.symmetric)
+    handled = swap_empty_embeddings(model, config.compressed_modules, config.group_size)
     for name, fmt in config.compressed_modules.items():
         if name in handled:
             continue

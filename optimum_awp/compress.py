@@ -33,6 +33,7 @@ from .calibration import (
 )  # fmt: skip
 from .config import QUANT_METHOD, AWPConfig
 from .data import dataset_kind
+from .embeddings import SYMMETRIC as EMBEDDING_SYMMETRIC
 from .embeddings import check_embeddings, compress_embeddings, embedding_names, head_covariance
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 
@@ -399,7 +400,7 @@ def compress(
     if config.embedding_bits is not None:  # first, so that the blocks are calibrated on the rounded embedding
         head_name = embedding_names(model)[1]
         covariance = head_covariance(model, head_name, ids) if head_name is not None else None
-        embeddings = compress_embeddings(model, config.group_size, config.symmetric, pack, covariance)
+        embeddings = compress_embeddings(model, config.group_size, EMBEDDING_SYMMETRIC, pack, covariance)
     try:
         inputs = capture_block_inputs(model, ids, batch_size=batch_size, device=device)
         walk_blocks(model, inputs, solve_block, select=wanted.__contains__, finish_block=finish_block,
