@@ -60,9 +60,10 @@ class AWPConfig(QuantizationConfigMixin):
         bits: 4 for INT4 weights, or None to keep floating-point values.
         group_size: inputs sharing one INT4 scale (32, 64, 128, 256), or -1 for one scale per row.
         symmetric: symmetric INT4 grid (keeps pruned weights exactly zero in every kernel).
-        embedding_bits: 4 to store the token embedding and the output head in INT4 too (round to nearest on
-            the same group grid; a tied head shares the embedding's packed tensor), or None (default) to keep
-            them in the model dtype. They are outside the blocks, so ``method`` and ``sparsity`` do not apply.
+        embedding_bits: 4 to store the token embedding and the output head in INT4 too (``group_size``, an
+            asymmetric grid, GPTQ for the head's inputs; a tied head shares the embedding's packed tensor), or
+            None (default) to keep them in the model dtype (``optimum_awp.embeddings``). They are outside the
+            blocks, so ``method`` and ``sparsity`` do not apply.
         dataset: calibration data: a source name ("wikipedia-gensim", "wikitext2", "c4"), a text file
             path, a list of strings, or token ids (an integer tensor of shape (nsamples, seqlen) or a list
             of lists of ints, which must then match nsamples and seqlen). Not saved.

@@ -150,8 +150,9 @@ def add_compression_arguments(
     )
     what.add_argument(
         "--embedding-bits", type=parse_bits, default=embedding_bits,
-        help="4 for an INT4 token embedding and output head (round to nearest, same group grid; a tied head "
-             "shares the packed rows), or none to keep them in the model dtype (default: %(default)s)",
+        help="4 for an INT4 token embedding and output head (--group-size, asymmetric, GPTQ for the head's "
+             "inputs; a tied head shares the packed rows), or none to keep them in the model dtype "
+             "(default: %(default)s)",
     )  # fmt: skip
     what.add_argument(
         "--group-size", type=int, choices=GROUP_SIZES, default=defaults.group_size,
