@@ -10,9 +10,10 @@ Lipschitz constant and, with an exact projection, the objective never increases.
 
 What the solver does, by spec:
 
-1. **sparsity** (unstructured per-row top-k, or N:M): IHT from a feasible start (``init``: Wanda's
-   mask by default), until the relative change of L falls below ``tolerance`` or after
-   ``max_iterations``. The projection is exact, so L is non-increasing with ``momentum=False``.
+1. **sparsity** (unstructured per-row top-k, or N:M): IHT from a feasible start (``init``: ALPS's
+   solution by default, Wanda's mask before 2026-12-01), until the relative change of L falls below
+   ``tolerance`` or after ``max_iterations``. The projection is exact, so L is non-increasing with
+   ``momentum=False``. Then the polish and the support exchanges (below).
 2. **INT4 grid** (alone or after 1, with the mask then fixed): the grid set is not convex and the
    round-to-nearest "projection" is not exact. Measured on correlated C, plain PGD on the grid
    is stuck at once: η |(W - Θ) C| is far below half a grid step, so every rounded point is a
@@ -512,9 +513,11 @@ def _start(
 
 @dataclass(frozen=True)
 class AWPOptions(SolverOptions):
-    """AWP's options; the defaults are the product's (Jacobi step with momentum, docs/results/awp_convergence.md)."""
+    """AWP's options; the defaults are the product's (Jacobi step with momentum, docs/results/awp_convergence.md;
+    ALPS's solution as the start and support exchanges, docs/results/awp_vs_alps.md)."""
 
-    init: str = option("wanda", "feasible start of the sparsity phase", choices=INITS)
+    init: str = option("alps", "feasible start of the sparsity phase (alps: ALPS's solution, its ADMM support search "
+                       "and PCG, in the scope's set; docs/results/awp_vs_alps.md)", choices=INITS)
     max_iterations: int = option(100, "iteration cap of the sparsity phase", minimum=0)
     tolerance: float = option(1e-4, "stop when the relative change of the layer objective falls below this",
                               minimum=0.0)
@@ -532,8 +535,8 @@ class AWPOptions(SolverOptions):
     anneal_iterations: int = option(0, "gradual pruning from the dense weight before the sparsity phase: this many "
                                     "projected steps onto a per-row top-k that tightens to the target (0: start from "
                                     "init)", minimum=0)
-    swap_rounds: int = option(0, "after the polish, at most this many rounds of support exchanges with exact per-row "
-                              "acceptance (row scope and N:M; never increases L)", minimum=0)
+    swap_rounds: int = option(20, "after the polish, at most this many rounds of support exchanges within rows, with "
+                              "exact per-row acceptance (never increases L)", minimum=0)
     swap_cg_iterations: int = option(10, "conjugate-gradient iterations on a row's new support in each exchange round",
                                      minimum=1)
 

@@ -23,7 +23,8 @@ from optimum_awp.solvers.awp import (
 from optimum_awp.solvers.sparsegpt import obs_compress
 
 # the monotone variant (exact projection, no momentum, the undamped objective, float32 products): L never increases
-MONOTONE = {"momentum": False, "damping": 0.0, "bf16_products": False, "polish_iterations": 0}
+MONOTONE = {"momentum": False, "damping": 0.0, "bf16_products": False, "polish_iterations": 0, "init": "wanda",
+            "swap_rounds": 0}
 
 
 def _toeplitz_problem(seed, rho=0.3, out_features=6, in_features=8):
@@ -270,7 +271,9 @@ def test_polish_reaches_the_optimum_of_the_fixed_support_and_never_increases_l()
                                   CompressionSpec(pattern=(2, 4), bits=4, group_size=32)])
 def test_polish_iterations_lower_or_keep_the_objective_on_the_same_mask(spec):
     weight, stats = correlated_problem(32, 128)
-    options = dict(bf16_products=True, max_iterations=30, swap_rounds=0)  # the exchanges would change the mask
+    # from Wanda's support, without the exchanges (they would change the mask); from ALPS's point, already
+    # refined by its PCG, the polish lowers the damped objective but may raise the undamped one by ~0.2 %
+    options = dict(bf16_products=True, max_iterations=30, swap_rounds=0, init="wanda")
     plain = get_solver("awp")(weight, stats, spec, polish_iterations=0, **options)
     polished = get_solver("awp")(weight, stats, spec, polish_iterations=10, **options)
     assert torch.equal(plain.mask, polished.mask)

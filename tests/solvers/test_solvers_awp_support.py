@@ -8,7 +8,8 @@ from optimum_awp.solvers import CompressionSpec, get_solver
 from optimum_awp.solvers.awp import SparseProjector, prepare_covariance, swap
 
 # the exchange phase alone, from the same point: no momentum, float32 products, no polish
-PLAIN = {"init": "wanda", "scope": "row", "bf16_products": False, "polish_iterations": 0, "momentum": False, "max_iterations": 5}
+PLAIN = {"init": "wanda", "scope": "row", "bf16_products": False, "polish_iterations": 0, "momentum": False,
+         "max_iterations": 5}
 
 
 def _kept(mask, spec):
@@ -58,7 +59,8 @@ def test_swap_on_the_layer_scope_keeps_every_row_count():
     assert swapped.objective <= plain.objective * (1 + 1e-6)
 
 
-@pytest.mark.parametrize(("spec", "scope"), [(CompressionSpec(sparsity=0.7), "row"), (CompressionSpec(sparsity=0.7), "layer"),
+@pytest.mark.parametrize(("spec", "scope"), [(CompressionSpec(sparsity=0.7), "row"),
+                                           (CompressionSpec(sparsity=0.7), "layer"),
                                            (CompressionSpec(pattern=(2, 4)), "row")])
 def test_alps_start_is_at_least_as_good_as_alps(spec, scope):
     weight, stats = correlated_problem(32, 128, seed=3)
