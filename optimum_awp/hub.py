@@ -159,8 +159,12 @@ def _describe(config: AWPConfig) -> str:
     if config.bits:
         group = "per-row" if config.group_size == -1 else f"group {config.group_size}"
         parts.append(f"INT{config.bits} weights ({group}, {'symmetric' if config.symmetric else 'asymmetric'})")
+    rank = config.options.get("rank")
+    if rank is not None:
+        parts.append(f"activation-aware low-rank factors of rank {int(rank)}" if rank >= 1
+                     else f"activation-aware low-rank factors keeping {rank:.0%} of each layer's parameters")
     if config.embedding_bits:
-        parts.append(f"INT{config.embedding_bits} token embedding and output head (round to nearest)")
+        parts.append(f"INT{config.embedding_bits} token embedding and output head")
     return " + ".join(parts)
 
 

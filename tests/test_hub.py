@@ -160,3 +160,14 @@ def test_hub_round_trip(model, tmp_path):
     assert ("POST", "/org/tiny-awp.git/info/lfs/objects/batch") in seen
     assert ("GET", "/api/models/org/tiny-awp/revision/main") in seen or any(
         path.startswith("/org/tiny-awp/resolve/") for _, path in seen)
+
+
+def test_the_card_describes_low_rank_and_int4_embeddings():
+    from optimum_awp.hub import _describe
+
+    assert _describe(AWPConfig(method="lowrank", rank=0.5)) == (
+        "activation-aware low-rank factors keeping 50% of each layer's parameters")
+    assert _describe(AWPConfig(method="lowrank", rank=64, sparsity="2:4")) == (
+        "2:4 semi-structured sparsity + activation-aware low-rank factors of rank 64")
+    assert _describe(AWPConfig(method="rtn", bits=4, embedding_bits=4)).endswith(
+        "+ INT4 token embedding and output head")
