@@ -20,6 +20,7 @@ back to full logits otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -168,6 +169,24 @@ def _window_nll_sum(model, input_ids: torch.Tensor, use_head: bool) -> tuple[flo
     return total, targets.numel()
 
 
+@contextlib.contextmanager
+def _head_dequantized_once(model):
+    """While evaluating, a compressed output head keeps its dequantized weight (``AWPLinear.cache_dense``) instead
+    of dequantizing it at every chunk of logits: the same values (the reference kernel dequantizes to the same
+    dense weight), once per evaluation instead of twice per window. A 262k x 640 INT4 head (Gemma-3-270M) costs
+    ~0.8 s per dequantization on 2 cores. The copy is dropped afterwards; decoding is unaffected."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, AWPLinear) or head.cache_dense is not None:
+        yield
+        return
+    head.cache_dense = True
+    try:
+        yield
+    finally:
+        head.cache_dense = None
+        head.invalidate_kernel_cache()
+
+
 def perplexity_of_tokens(
     model,
     tokens: torch.Tensor,
@@ -199,7 +218,7 @@ def perplexity_of_tokens(
 
     started = time.perf_counter()
     nll_sum, count = 0.0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _head_dequantized_once(model):
         use_head = _head_path_matches(model, windows[:1].to(device))
         if not use_head:
             logger.warning("chunked output head does not reproduce the model's logits; computing full logits")
