@@ -211,7 +211,7 @@ def test_launch_config_errors_name_the_field_value_and_allowed():
             triton_kernels.launch_config(block_m=16):
         pass
     with pytest.raises(ValueError, match=r"block_k=48 is not allowed for in_features=256, group=32; allowed: \[128, 64, 32, 16\]"):
-        triton_kernels.LaunchConfig(1, 32, 48).check(256, 32)
+        triton_kernels.LaunchConfig(16, 32, 48).check(256, 32)
     with pytest.raises(ValueError, match=r"block_t=3 is not allowed; allowed: \[16, 32, 64, 128, 256\]"):
         triton_kernels.LaunchConfig(3, 32, 64).check(256, 32)
     with pytest.raises(ValueError, match=r"block_n=8 is not allowed"):
