@@ -18,11 +18,12 @@ NAME|FILE`` (default "wikipedia-gensim"; its calibration part calibrates, its ev
 Noise: ``--seeds N`` compresses every cell with N calibration seeds (0..N-1) and reports the mean and
 the spread; every perplexity comes with the standard error of its mean NLL over the evaluation
 windows, and the md gives paired window-by-window NLL differences of AWP against each other method.
-Evaluation windows are spread evenly over the whole evaluation split (every article), not its first
-tokens (``--first-windows`` gives the old choice).
+Evaluation windows are spread over the whole evaluation split, one in every article when there are at least
+as many windows as articles, not its first tokens (``--first-windows`` gives the old choice).
 
 Headline mode (``--headline``): 70 %, 80 %, 2:4 and 2:4 + INT4, with Wanda, SparseGPT, ALPS and AWP,
-quick-mode sizes and 3 seeds, written to ``docs/results/fidelity_headline.{md,json,png}``. Shared by
+quick-mode calibration (32 x 512), 32 x 256 evaluation windows (one in each of the 30 articles, then
+spread) and 3 seeds, written to ``docs/results/fidelity_headline.{md,json,png}``. Shared by
 all runs: the model load, the calibration samples of each seed, the evaluation windows (tokenized
 once), and the dense evaluation.
 
@@ -98,14 +99,18 @@ SETTINGS = {
     )
 }
 METHODS = {
-    "prune": ("magnitude", "wanda", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
+    "prune": ("magnitude", "wanda", "sparsegpt", "sparsegpt-dense", "alps", "alps-dense", "awp-paper", "awp",
+              "awp-sparsegpt", "awp-dense"),
     "quant": ("rtn", "awq", "gptq", "awp-paper", "awp"),
-    "joint": ("wanda", "awq", "sparsegpt", "alps", "awp-paper", "awp", "awp-sparsegpt"),
+    "joint": ("wanda", "awq", "sparsegpt", "sparsegpt-dense", "alps", "alps-dense", "awp-paper", "awp",
+              "awp-sparsegpt", "awp-dense"),
     "rank": ("lowrank-svd", "lowrank"),
     "sparse+rank": ("lowrank",),
 }
 # Runs of the lowrank solver with settings other than its defaults: run name -> AWPConfig fields.
 LOWRANK_VARIANTS = {"lowrank-svd": {"activation_aware": False}}  # plain SVD of W, the activation-blind baseline
+# Runs with AWPConfig(dense_targets=True): each layer fitted to the dense model's outputs (run name -> solver).
+DENSE_VARIANTS = {"awp-dense": "awp", "alps-dense": "alps", "sparsegpt-dense": "sparsegpt"}
 HEADLINE_SETTINGS = ("70%", "80%", "2:4", "2:4+int4")
 HEADLINE_METHODS = ("wanda", "sparsegpt", "alps", "awp")
 # Runs of the awp solver with settings other than AWPConfig's defaults: run name -> AWPConfig fields.
@@ -118,11 +123,14 @@ AWP_VARIANTS = {
 }
 LABELS = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "awp": "AWP", "rtn": "RTN",
           "awq": "AWQ", "gptq": "GPTQ", "awp-paper": "AWP (paper step)", "awp-sparsegpt": "AWP (SparseGPT start)",
-          "alps": "ALPS", "lowrank": "low-rank (W C^1/2, this package)", "lowrank-svd": "plain SVD of W"}
+          "alps": "ALPS", "awp-dense": "AWP (dense targets)", "alps-dense": "ALPS (dense targets)",
+          "sparsegpt-dense": "SparseGPT (dense targets)", "lowrank": "low-rank (W C^1/2, this package)", "lowrank-svd": "plain SVD of W"}
 SPARSE_RANK_LABELS = {"lowrank": "AWP + low-rank"}
 JOINT_LABELS = {"wanda": "Wanda + RTN", "awq": "Wanda + AWQ", "sparsegpt": "SparseGPT (joint)", "awp": "AWP (joint)",
                 "alps": "ALPS + OBS INT4",
-                "awp-paper": "AWP (joint, paper step)", "awp-sparsegpt": "AWP (joint, SparseGPT start)"}
+                "awp-paper": "AWP (joint, paper step)", "awp-sparsegpt": "AWP (joint, SparseGPT start)",
+                "awp-dense": "AWP (joint, dense targets)", "alps-dense": "ALPS + OBS INT4 (dense targets)",
+                "sparsegpt-dense": "SparseGPT (joint, dense targets)"}
 GROUP_SIZE = 128  # the GGUF's own 4-bit blocks are 32 wide: group 32 would flatter every 4-bit method
 
 
@@ -133,6 +141,8 @@ def label(method: str, setting: Setting) -> str:
 
 def solver_of(method: str) -> str:
     """The registered solver behind a run name ("awp-paper" -> "awp", "lowrank-svd" -> "lowrank")."""
+    if method in DENSE_VARIANTS:
+        return DENSE_VARIANTS[method]
     return "awp" if method in AWP_VARIANTS else "lowrank" if method in LOWRANK_VARIANTS else method
 
 
@@ -179,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="32 x 512 calibration tokens, 16 x 512 eval windows")
     p.add_argument("--headline", action="store_true",
                    help=f"the headline table: settings {list(HEADLINE_SETTINGS)}, methods {list(HEADLINE_METHODS)}, "
-                   f"quick-mode sizes, 3 seeds, out {HEADLINE_OUT.name}".replace("%", "%%"))
+                   f"32 x 512 calibration, 32 x 256 eval windows (every article), 3 seeds, out {HEADLINE_OUT.name}".replace("%", "%%"))
     p.add_argument("--model", default=None, metavar="PATH",
                    help="checkpoint folder or Hub id (default: the embedded Gemma-3-270M, dequantized GGUF)")
     p.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME|FILE",
@@ -200,16 +210,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "with --headline)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration samples (quick 32, full 128)")
     p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (quick 512, full 2048)")
-    p.add_argument("--eval-windows", type=int, default=None, help="eval windows (quick 16, full all)")
-    p.add_argument("--eval-seqlen", type=int, default=None, help="eval window length (quick 512, full 2048)")
+    p.add_argument("--eval-windows", type=int, default=None, help="eval windows (quick 16, headline 32, full all)")
+    p.add_argument("--eval-seqlen", type=int, default=None, help="eval window length (quick 512, headline 256, full 2048)")
     add_solver_arguments(p)  # every declared solver option; each run passes its method's own
     p.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.add_argument("--log-level", default="WARNING", help="level of the optimum_awp loggers")
     args = p.parse_args(argv)
     quick = {"nsamples": 32, "seqlen": 512, "eval_windows": 16, "eval_seqlen": 512}
+    # the headline's 32 x 256 evaluation scores as many tokens as quick mode's 16 x 512 and reaches all 30 articles
+    headline = {**quick, "eval_windows": 32, "eval_seqlen": 256}
     full = {"nsamples": 128, "seqlen": 2048, "eval_windows": None, "eval_seqlen": 2048}
-    defaults = quick if (args.quick or args.headline) else full
+    defaults = headline if args.headline else quick if args.quick else full
     args.mode = "headline" if args.headline else "quick" if args.quick else "full"
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -233,7 +245,8 @@ def registered_methods(wanted: list[str] | None) -> set[str]:
     """Methods with a registered solver (importing each solver module registers it)."""
     from optimum_awp.solvers import SOLVERS
 
-    names = set(wanted or [m for ms in METHODS.values() for m in ms])
+    # the dense-target variants run only when named (--methods): the default table is the published methods'
+    names = set(wanted or [m for ms in METHODS.values() for m in ms if m not in DENSE_VARIANTS])
     for name in sorted({solver_of(n) for n in names}):
         if name not in SOLVERS:
             try:
@@ -244,7 +257,7 @@ def registered_methods(wanted: list[str] | None) -> set[str]:
     missing = sorted(n for n in names if solver_of(n) not in SOLVERS)
     if wanted and missing:
         raise SystemExit(f"--methods names unregistered solvers {missing}; registered: {sorted(SOLVERS)} "
-                         f"and the awp variants {sorted(AWP_VARIANTS)}")
+                         f"and the variants {sorted({**AWP_VARIANTS, **LOWRANK_VARIANTS, **DENSE_VARIANTS})}")
     return {n for n in names if solver_of(n) in SOLVERS}
 
 
@@ -507,8 +520,8 @@ def settings_lines(data: dict) -> list[str]:
     opts = ", ".join(f"{k}={v}" for k, v in meta["awp_options"].items())
     seeds = meta.get("seeds", 1)
     where = meta.get("windows", "first")
-    spread = (f"spread evenly over the whole evaluation part ({meta.get('eval_windows_available', '?')} windows "
-              f"available, covering {meta.get('eval_articles_covered', '?')} of {meta.get('eval_articles', '?')} "
+    spread = ("spread over the whole evaluation part, one in every document when there are enough "
+              f"({meta.get('eval_windows_available', '?')} windows available, covering {meta.get('eval_articles_covered', '?')} of {meta.get('eval_articles', '?')} "
               "documents)" if where == "spread" else "the first windows of the evaluation part")
     text = meta.get("text", TEXT_NAME)
     return [
@@ -643,8 +656,8 @@ def headline_targets(data: dict) -> list[str]:
             out.append(f"- AWP ≤ ALPS at {setting} by more than the seed spread: {line}")
     for s in SETTINGS.values():
         for other in headline_methods(data):
-            if other == "awp" or (other == "alps" and s.name in ("70%", "80%", "2:4")):  # ALPS there: above
-                continue
+            if other.startswith("awp") or (other == "alps" and s.name in ("70%", "80%", "2:4")):  # ALPS: above
+                continue  # AWP's own variants are not targets
             line = beats(s.name, other)
             if line:
                 out.append(f"- AWP ≤ {label(other, s)} at {s.name}: {line}")
@@ -832,12 +845,35 @@ class EvalWindows:
     covered: int
 
 
+def spread_indices(available: int, count: int, bounds: list[tuple[int, int]], body: int) -> torch.Tensor:
+    """Indices of ``count`` of the ``available`` non-overlapping windows (``body`` tokens each), sorted.
+
+    When ``count`` is at least the number of documents, every document gets the window that holds its middle
+    token, and the rest are evenly spaced among the windows not yet chosen, so every document is evaluated;
+    with fewer windows than documents they are evenly spaced over the whole stream.
+
+    Args:
+        bounds: (start, end) token span of each document in the joined stream.
+    """
+    if count >= available:
+        return torch.arange(available)
+    if count < len(bounds):
+        return torch.linspace(0, available - 1, count, dtype=torch.float64).round().long()
+    chosen = sorted({min((start + end) // 2 // body, available - 1) for start, end in bounds})
+    rest = [i for i in range(available) if i not in set(chosen)]
+    extra = count - len(chosen)
+    if extra > 0:
+        pick = torch.linspace(0, len(rest) - 1, extra, dtype=torch.float64).round().long().tolist()
+        chosen = sorted(chosen + [rest[i] for i in pick])
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 def eval_windows(tokenizer, source, seqlen: int, nwindows: int | None, spread: bool) -> EvalWindows:
     """Tokenize the evaluation split of ``source`` once and choose ``nwindows`` windows of ``seqlen`` tokens.
 
-    ``spread``: the windows are evenly spaced over all non-overlapping windows of the split (so every part
-    of it is sampled: with 30 articles, the 16 windows reach across them), else the first ones (the old
-    protocol). Each window is [BOS] + seqlen - 1 text tokens when the tokenizer has a BOS token.
+    ``spread``: the windows are spread over all non-overlapping windows of the split so that every document
+    is evaluated when there are at least as many windows as documents (``spread_indices``), else the first
+    ones (the old protocol). Each window is [BOS] + seqlen - 1 text tokens when the tokenizer has a BOS token.
     """
     from optimum_awp.data import load_text, tokenize_text
 
@@ -848,15 +884,6 @@ def eval_windows(tokenizer, source, seqlen: int, nwindows: int | None, spread: b
     available = tokens.numel() // body
     if available == 0:
         raise SystemExit(f"the evaluation text has {tokens.numel()} tokens, too short for one window of {seqlen}")
-    count = available if nwindows is None else min(nwindows, available)
-    if spread and count < available:
-        index = torch.linspace(0, available - 1, count, dtype=torch.float64).round().long()
-    else:
-        index = torch.arange(count)
-    starts = index * body
-    windows = tokens[starts[:, None] + torch.arange(body)]
-    if bos is not None:
-        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)
     # document spans in the joined stream, from each document's own token count (approximate at the joins)
     separator = tokenize_text(tokenizer, ["", ""]).numel()
     bounds, pos = [], 0
@@ -864,6 +891,12 @@ def eval_windows(tokenizer, source, seqlen: int, nwindows: int | None, spread: b
         n = tokenize_text(tokenizer, [doc]).numel()
         bounds.append((pos, pos + n))
         pos += n + separator
+    count = available if nwindows is None else min(nwindows, available)
+    index = spread_indices(available, count, bounds, body) if spread else torch.arange(count)
+    starts = index * body
+    windows = tokens[starts[:, None] + torch.arange(body)]
+    if bos is not None:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)
     covered = sum(any(a < s + body and s < b for s in starts.tolist()) for a, b in bounds)
     return EvalWindows(windows, starts.tolist(), available, len(documents), covered)
 
@@ -891,7 +924,8 @@ def run_options(method: str, args) -> dict:
 
     declared = {spec.name for spec in get_solver(solver_of(method)).option_specs()}
     given = {k: v for k, v in solver_options(args).items() if k in declared}
-    return {**given, **AWP_VARIANTS.get(method, {}), **LOWRANK_VARIANTS.get(method, {})}
+    dense = {"dense_targets": True} if method in DENSE_VARIANTS else {}
+    return {**given, **AWP_VARIANTS.get(method, {}), **LOWRANK_VARIANTS.get(method, {}), **dense}
 
 
 def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> dict:
@@ -905,6 +939,7 @@ def run_one(model, setting: Setting, method: str, ids: torch.Tensor, args) -> di
     report = compress(model, config, ids, pack=False, progress=not args.no_progress, batch_size=args.batch_size)
     return {
         "options": report.config.options,
+        "dense_targets": report.config.dense_targets,
         "bytes_per_weight": round(bytes_per_weight(setting, [tuple(l.shape) for l in report.layers]), 4),
         "compress_seconds": round(report.seconds, 2),
         "mean_objective": report.mean_objective,

@@ -10,7 +10,9 @@ This is the one module that knows how transformers lays out a causal LM:
   attention layers, so layer 0's keyword arguments cannot be reused for every layer.
 - ``BlockStatistics``: hooks on a block's ``nn.Linear`` modules accumulating C = X Xᵀ / n and mean |x|;
   linears fed the same input tensor (q/k/v, gate/up) share one statistic.
-- ``walk_blocks``: the sequential walk. Each block sees the outputs of the blocks already compressed.
+- ``walk_blocks``: the sequential walk. Each block sees the outputs of the blocks already compressed; with
+  ``dense_targets`` the dense model's own inputs to every block are carried beside them, so that each linear
+  can be fitted to the dense model's outputs (``InputStatistics.cross``).
 - ``onloaded``: a block whose weights accelerate keeps elsewhere (big-model inference: ``device_map``,
   ``max_memory``, ``offload_folder``) is onloaded through its own ``AlignDevicesHook`` for the walk's step
   and written back to the hook's store (the CPU state dict or the ``offload_folder``) afterwards, so only
@@ -234,35 +236,49 @@ class InputStatistics:
         covariance: C = X Xᵀ / n, (in, in), float32 or float64.
         mean_abs: mean |x_j| over tokens, (in,).
         nsamples: the number of tokens n.
+        cross: X̃ Xᵀ / n, (in, in), where X̃ are the dense model's inputs to the same linear for the same tokens
+            (``walk_blocks(dense_targets=True)``, from the second block on); None otherwise.
     """
 
     covariance: torch.Tensor
     mean_abs: torch.Tensor
     nsamples: int
+    cross: torch.Tensor | None = None
 
 
 class StatAccumulator:
-    """Streams X Xᵀ and Σ|x| over batches of inputs of width ``features``.
+    """Streams X Xᵀ and Σ|x| over batches of inputs of width ``features``; with ``paired``, also X̃ Xᵀ for the
+    dense model's inputs X̃ to the same linear (given beside each batch).
 
     The sums are kept, not running means, in ``dtype`` (float32 or float64).
     """
 
-    def __init__(self, features: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None):
+    def __init__(self, features: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                 paired: bool = False):
         self.outer = torch.zeros(features, features, dtype=dtype, device=device)
         self.abs_sum = torch.zeros(features, dtype=dtype, device=device)
+        self.cross = torch.zeros(features, features, dtype=dtype, device=device) if paired else None
         self.count = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        """Accumulate ``x`` of shape (..., features): every leading index is one token."""
+    def add(self, x: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        """Accumulate ``x`` of shape (..., features): every leading index is one token; ``dense`` (same shape,
+        the dense model's input for the same tokens) is required when the accumulator is paired."""
         x = x.detach().reshape(-1, x.shape[-1]).to(self.outer.dtype)
         self.outer.addmm_(x.T, x)
         self.abs_sum.add_(x.abs().sum(dim=0))
+        if self.cross is not None:
+            if dense is None or dense.shape[-1] != x.shape[-1] or dense.numel() != x.numel():
+                raise RuntimeError("a paired statistic needs the dense input of the same tokens beside each batch.")
+            dense = dense.detach().reshape(-1, x.shape[-1]).to(self.outer.dtype)
+            self.cross.addmm_(dense.T, x)
         self.count += x.shape[0]
 
     def stats(self) -> InputStatistics:
-        """C = X Xᵀ / n (in, in), mean |x_j| (in,), n."""
+        """C = X Xᵀ / n (in, in), mean |x_j| (in,), n, and X̃ Xᵀ / n when paired."""
         n = max(self.count, 1)
-        return InputStatistics(covariance=self.outer / n, mean_abs=self.abs_sum / n, nsamples=self.count)
+        cross = self.cross / n if self.cross is not None else None
+        return InputStatistics(covariance=self.outer / n, mean_abs=self.abs_sum / n, nsamples=self.count,
+                               cross=cross)
 
 
 class BlockStatistics:
@@ -272,21 +288,30 @@ class BlockStatistics:
     after the attention norm, gate/up after the MLP norm) share one accumulator: it is detected, not
     hard-coded by name. Use as a context manager around the forwards of the block.
 
+    ``paired``: every accumulating forward must follow a forward of the same tokens' dense inputs run
+    inside ``recording()``; each linear's recorded input X̃ is paired with its input X, giving
+    ``InputStatistics.cross`` = X̃ Xᵀ / n.
+
     Args:
         block: the decoder block.
         linears: name -> nn.Linear inside ``block`` to gather statistics for.
         dtype: accumulation dtype, torch.float32 or torch.float64.
+        paired: also accumulate X̃ Xᵀ against the inputs recorded by ``recording()``.
     """
 
-    def __init__(self, block: nn.Module, linears: dict[str, nn.Linear], dtype: torch.dtype = torch.float32):
+    def __init__(self, block: nn.Module, linears: dict[str, nn.Linear], dtype: torch.dtype = torch.float32,
+                 paired: bool = False):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"statistics dtype must be torch.float32 or torch.float64, got {dtype}.")
         self.block = block
         self.linears = linears
         self.dtype = dtype
+        self.paired = paired
         self._owner: dict[str, StatAccumulator] = {}
         self._seen: list[tuple[torch.Tensor, StatAccumulator]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._recording = False
+        self._recorded: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "BlockStatistics":
         self._handles.append(self.block.register_forward_pre_hook(self._new_forward))
@@ -306,18 +331,35 @@ class BlockStatistics:
 
     def _end_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._seen.clear()
+        if self.paired and not self._recording:
+            self._recorded = {}  # each recording pairs with one accumulating forward
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within: the block's forwards record each linear's input (the dense model's, for the tokens of the next
+        accumulating forward) instead of accumulating anything."""
+        if not self.paired:
+            raise RuntimeError("recording() pairs dense inputs with the next forward: build BlockStatistics(paired=True).")
+        self._recording, self._recorded = True, {}
+        try:
+            yield
+        finally:
+            self._recording = False
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
+            if self._recording:
+                self._recorded[name] = x.detach()
+                return
             for seen, acc in self._seen:
                 if seen is x:
                     self._owner.setdefault(name, acc)
                     return
             acc = self._owner.get(name)
             if acc is None:
-                acc = self._owner[name] = StatAccumulator(x.shape[-1], self.dtype, x.device)
-            acc.add(x)
+                acc = self._owner[name] = StatAccumulator(x.shape[-1], self.dtype, x.device, self.paired)
+            acc.add(x, self._recorded.get(name) if self.paired else None)
             self._seen.append((x, acc))
 
         return hook
@@ -361,6 +403,7 @@ def walk_blocks(
     device: torch.device | str | None = None,
     progress: bool = True,
     write_back: bool = True,
+    dense_targets: bool = False,
 ) -> list[torch.Tensor]:
     """Walk the decoder blocks in order, compressing each one on the outputs of those before it.
 
@@ -369,6 +412,12 @@ def walk_blocks(
     when it changed any), re-run the block when it did, so block i+1 sees compressed outputs, then
     call ``finish_block(i, block)`` (e.g. swap in packed modules). Only one block's hidden states
     (inputs and outputs) are held.
+
+    With ``dense_targets`` the dense model's hidden states are carried beside the compressed ones (one more
+    set of one block's hidden states): before each statistics forward of a batch, the still-dense block runs
+    on the dense model's input for the same tokens, whose linear inputs X̃ give ``InputStatistics.cross`` =
+    X̃ Xᵀ / n, and whose output is the next block's dense input. In the first block, and as long as no block
+    before has changed, the two streams are one and ``cross`` is None (it would equal C).
 
     Args:
         model: the causal LM whose blocks ``inputs`` was captured from.
@@ -382,6 +431,7 @@ def walk_blocks(
         write_back: for blocks accelerate offloads (``onloaded``): write the block's tensors back to the
             offload store after its step (False: the store keeps the dense weights, e.g. when every
             compressed linear is replaced by a packed module held in memory).
+        dense_targets: carry the dense model's hidden states and pair them into ``InputStatistics.cross``.
     Returns:
         The last block's outputs, per batch (batch, seq, hidden).
 
@@ -392,41 +442,56 @@ def walk_blocks(
     layers = decoder_layers(model)
     prefix = layers_prefix(model)
     hidden = inputs.hidden
+    dense = hidden if dense_targets else None  # the same list while the two streams are one
     bar = tqdm(layers, desc="Compressing blocks", unit="block", disable=not progress)
     for index, block in enumerate(bar):
         with onloaded(block, device, write_back=write_back) as offloaded:
-            hidden = _walk_step(index, block, hidden, inputs, solve_block, select, finish_block, stats_dtype,
-                                None if offloaded else device, prefix)
+            hidden, dense = _walk_step(index, block, hidden, dense, inputs, solve_block, select, finish_block,
+                                       stats_dtype, None if offloaded else device, prefix)
     inputs.hidden = []
     return hidden
 
 
-def _walk_step(index: int, block: nn.Module, hidden: list[torch.Tensor], inputs: BlockInputs, solve_block: BlockSolver,
-               select: Callable[[str], bool], finish_block: Callable[[int, nn.Module], None] | None,
-               stats_dtype: torch.dtype, device: torch.device | str | None, prefix: str) -> list[torch.Tensor]:
-    """One block of ``walk_blocks``: statistics, solve, re-run, finish; returns the block's outputs per batch."""
+def _walk_step(index: int, block: nn.Module, hidden: list[torch.Tensor], dense: list[torch.Tensor] | None,
+               inputs: BlockInputs, solve_block: BlockSolver, select: Callable[[str], bool],
+               finish_block: Callable[[int, nn.Module], None] | None, stats_dtype: torch.dtype,
+               device: torch.device | str | None, prefix: str) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """One block of ``walk_blocks``: statistics, solve, re-run, finish. Returns the block's outputs per batch, and
+    the dense model's (the very same list while the streams are one; None without dense targets)."""
     home = next(block.parameters()).device
     if device is not None:
         block.to(device)
-    calls = inputs.calls[index]
+    calls, as_keyword = inputs.calls[index], inputs.hidden_as_keyword
     linears = {n: m for n, m in block_linears(block, f"{prefix}.{index}").items() if select(n)}
-    outputs = None
+    paired = dense is not None and dense is not hidden
+    outputs = dense_outputs = None
     changed = False
     if linears:
-        with BlockStatistics(block, linears, stats_dtype) as gather:
-            outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
+        with BlockStatistics(block, linears, stats_dtype, paired=paired) as gather:
+            if paired:
+                outputs, dense_outputs = [], []
+                for h, d, call in zip(hidden, dense, calls):
+                    with gather.recording():
+                        dense_outputs.append(run_block(block, d, call, as_keyword))
+                    outputs.append(run_block(block, h, call, as_keyword))
+            else:
+                outputs = _run_all(block, hidden, calls, as_keyword)
         stats = gather.stats()
         del gather
+        if dense is not None and not paired:
+            dense_outputs = outputs  # the dense block on the shared input: the dense model's output
         changed = solve_block(index, block, stats)
         del stats
     if outputs is None or changed:
         outputs = None
-        outputs = _run_all(block, hidden, calls, inputs.hidden_as_keyword)
+        outputs = _run_all(block, hidden, calls, as_keyword)
+    if dense is not None and dense_outputs is None:  # nothing solved here: the dense stream passes the block too
+        dense_outputs = outputs if dense is hidden else _run_all(block, dense, calls, as_keyword)
     if finish_block is not None:
         finish_block(index, block)
     if device is not None:
         block.to(home)
-    return outputs
+    return outputs, dense_outputs
 
 
 def _run_all(block: nn.Module, hidden: list[torch.Tensor], calls: list, as_keyword: bool) -> list[torch.Tensor]:

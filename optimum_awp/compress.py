@@ -36,6 +36,7 @@ from .data import dataset_kind
 from .embeddings import SYMMETRIC as EMBEDDING_SYMMETRIC
 from .embeddings import check_embeddings, compress_embeddings, embedding_names, head_covariance
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
+from .solvers.targets import dense_target
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +312,8 @@ def compress(
     """Compress the decoder-block linears of ``model`` in place with ``config.method`` and attach the config.
 
     Blocks are compressed in order; each block's statistics C = X Xᵀ / n come from the outputs of the
-    blocks already compressed. Embeddings, ``lm_head``, a tied output embedding, the model's fp32-pinned
+    blocks already compressed (with ``config.dense_targets``, each linear is fitted to the dense model's
+    outputs on those inputs: ``solvers/targets.py``). Embeddings, ``lm_head``, a tied output embedding, the model's fp32-pinned
     modules and every module named in ``config.modules_to_not_convert`` stay dense, except that
     ``config.embedding_bits=4`` rounds the embedding and the head to INT4 first (``embeddings.py``). ``config`` itself is
     not changed: the model gets a copy (``report.config``) with ``compressed_modules``, the modules kept
@@ -371,7 +373,11 @@ def compress(
             layer_stats = LayerStats(inputs.covariance, inputs.mean_abs, inputs.nsamples)
             if name in offloaded:
                 check_finite(linear.weight, f"the weight of {name}")
-            result = solver(linear.weight.detach().to(torch.float32), layer_stats, spec, options)
+            weight = linear.weight.detach().to(torch.float32)
+            if inputs.cross is not None:  # dense_targets: fit the dense model's outputs (solvers/targets.py)
+                weight = dense_target(weight, inputs.cross, inputs.covariance)
+                check_finite(weight, f"the dense target of {name}")
+            result = solver(weight, layer_stats, spec, options)
             for part in ("weight", "scales"):
                 if getattr(result, part) is not None:
                     check_finite(getattr(result, part), f"the {part} {config.method} computed for {name}")
@@ -404,7 +410,7 @@ def compress(
     try:
         inputs = capture_block_inputs(model, ids, batch_size=batch_size, device=device)
         walk_blocks(model, inputs, solve_block, select=wanted.__contains__, finish_block=finish_block,
-                    stats_dtype=stats_dtype, device=device, progress=progress)
+                    stats_dtype=stats_dtype, device=device, progress=progress, dense_targets=config.dense_targets)
     finally:
         model.train(was_training)
     # Only modules now held packed are listed: dense nn.Linear modules need no rebuilding on load.

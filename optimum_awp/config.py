@@ -28,7 +28,8 @@ DEFAULT_DATASET = "wikipedia-gensim"
 # Saved to config.json besides the method's options. The dataset and the tokenizer never are: they describe
 # how a checkpoint was made, not how to load it, and a tokenizer is not JSON.
 SAVED_FIELDS = ("quant_method", "format_version", "method", "sparsity", "bits", "group_size", "symmetric",
-                "embedding_bits", "nsamples", "seqlen", "seed", "modules_to_not_convert", "compressed_modules")
+                "embedding_bits", "dense_targets", "nsamples", "seqlen", "seed", "modules_to_not_convert",
+                "compressed_modules")
 _FIELDS = SAVED_FIELDS + ("dataset", "tokenizer")
 
 
@@ -64,6 +65,11 @@ class AWPConfig(QuantizationConfigMixin):
             asymmetric grid, GPTQ for the head's inputs; a tied head shares the embedding's packed tensor), or
             None (default) to keep them in the model dtype (``optimum_awp.embeddings``). They are outside the
             blocks, so ``method`` and ``sparsity`` do not apply.
+        dense_targets: fit every linear to the dense model's outputs, ‖W X̃ − Θ X‖² with X̃ the dense model's
+            inputs to the layer and X the compressed model's, instead of its own outputs on the compressed
+            inputs, ‖(W − Θ) X‖² (False, the default of every published method). Carries the dense model's
+            hidden states through the walk beside the compressed ones: one more block forward per block and
+            one more set of hidden states (``optimum_awp.solvers.targets``). Applies to every method.
         dataset: calibration data: a source name ("wikipedia-gensim", "wikitext2", "c4"), a text file
             path, a list of strings, or token ids (an integer tensor of shape (nsamples, seqlen) or a list
             of lists of ints, which must then match nsamples and seqlen). Not saved.
@@ -90,6 +96,7 @@ class AWPConfig(QuantizationConfigMixin):
         group_size: int = 128,
         symmetric: bool = True,
         embedding_bits: int | None = None,
+        dense_targets: bool = False,
         dataset: Any = DEFAULT_DATASET,
         tokenizer: Any = None,
         nsamples: int = 128,
@@ -102,7 +109,8 @@ class AWPConfig(QuantizationConfigMixin):
         **options: Any,
     ) -> None:
         values = dict(method=method, sparsity=sparsity, bits=bits, group_size=group_size, symmetric=symmetric,
-                      embedding_bits=embedding_bits, dataset=dataset, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed,
+                      embedding_bits=embedding_bits, dense_targets=dense_targets, dataset=dataset, tokenizer=tokenizer,
+                      nsamples=nsamples, seqlen=seqlen, seed=seed,
                       modules_to_not_convert=modules_to_not_convert, compressed_modules=compressed_modules,
                       format_version=format_version, quant_method=quant_method)
         self.__dict__.update(values, options={}, _given=dict(options))
@@ -123,6 +131,7 @@ class AWPConfig(QuantizationConfigMixin):
         _check(isinstance(self.symmetric, bool), "symmetric", self.symmetric, "a bool")
         _check(self.embedding_bits in BITS and not isinstance(self.embedding_bits, bool), "embedding_bits",
                self.embedding_bits, f"one of {BITS}")
+        _check(isinstance(self.dense_targets, bool), "dense_targets", self.dense_targets, "a bool")
         prunes = self.sparsity not in (None, 0)
         _check(prunes or self.bits is not None or "rank" in get_solver(self.method).kinds, "sparsity", self.sparsity,
                "set (a float > 0 or 'N:M') when bits is None: nothing would be compressed")  # "rank": lowrank
@@ -228,8 +237,8 @@ class AWPConfig(QuantizationConfigMixin):
     def settings(self) -> dict[str, Any]:
         """What was (or will be) done, as saved and shown on the model card: the compression fields, then the
         method's options."""
-        fields = ("method", "sparsity", "bits", "group_size", "symmetric", "embedding_bits", "nsamples", "seqlen",
-                  "seed")
+        fields = ("method", "sparsity", "bits", "group_size", "symmetric", "embedding_bits", "dense_targets",
+                  "nsamples", "seqlen", "seed")
         return {**{name: getattr(self, name) for name in fields}, **self.options}
 
     @classmethod

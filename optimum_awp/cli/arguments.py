@@ -127,7 +127,7 @@ def add_compression_arguments(
     calib_seqlen: int | None = None,
 ) -> None:
     """What to do (--method, --sparsity, --bits, --embedding-bits, --group-size, --asymmetric, --keep-dense), the calibration
-    (--nsamples, --calib-seqlen, --seed) and every solver option, with the given defaults (None: AWPConfig's)."""
+    (--nsamples, --calib-seqlen, --seed, --dense-targets) and every solver option, with the given defaults (None: AWPConfig's)."""
     from ..config import GROUP_SIZES, AWPConfig
     from ..solvers import SOLVERS
 
@@ -181,6 +181,11 @@ def add_compression_arguments(
     calibration.add_argument(
         "--seed", type=int, default=defaults.seed, help="seed of the sample choice (default: %(default)s)"
     )
+    calibration.add_argument(
+        "--dense-targets", action=argparse.BooleanOptionalAction, default=defaults.dense_targets,
+        help="fit every layer to the dense model's outputs instead of its own on the compressed inputs "
+             "(one more block forward per block; default: %(default)s)",
+    )  # fmt: skip
     add_solver_arguments(parser)
 
 
@@ -228,7 +233,8 @@ def config_from_args(args: argparse.Namespace):
     return AWPConfig(
         method=args.method, sparsity=args.sparsity, bits=args.bits, embedding_bits=args.embedding_bits,
         group_size=args.group_size, symmetric=not args.asymmetric, dataset=args.dataset, nsamples=args.nsamples, seqlen=args.calib_seqlen,
-        seed=args.seed, modules_to_not_convert=args.keep_dense, **solver_options(args),
+        seed=args.seed, dense_targets=args.dense_targets, modules_to_not_convert=args.keep_dense,
+        **solver_options(args),
     )  # fmt: skip
 
 

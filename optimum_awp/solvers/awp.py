@@ -318,33 +318,16 @@ def polish(
     tolerance: float = 1e-5,
     norm: float = 1.0,
     history: list[float] | None = None,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Minimise L over the values of ``theta`` (out, in) on the fixed support ``mask`` (out, in), in C's dtype.
 
     Jacobi-preconditioned conjugate gradients, every row its own problem (its own α, β) and all rows in
     one (out, in) @ (in, in) product per iteration; ``preconditioner`` (in,) is diag(C) (positive).
     Conjugate gradients never increase L, so the result is never worse than ``theta``. Stops after
     ``max_iterations`` or when the relative change of L falls below ``tolerance``; appends ``L / norm``
-    to ``history``. Returns the polished Θ (zero off the support) and the iterations run.
+    to ``history``. Returns the polished Θ (zero off the support), the residual product G = (W - Θ) C of
+    the result (out, in), and the iterations run.
     """
-    theta, _, iterations = _polish(target, c, theta, mask, preconditioner, max_iterations=max_iterations,
-                                   tolerance=tolerance, norm=norm, history=history)
-    return theta, iterations
-
-
-def _polish(
-    target: torch.Tensor,
-    c: torch.Tensor,
-    theta: torch.Tensor,
-    mask: torch.Tensor,
-    preconditioner: torch.Tensor,
-    *,
-    max_iterations: int = 10,
-    tolerance: float = 1e-5,
-    norm: float = 1.0,
-    history: list[float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``polish``, also returning the residual product G = (W - Θ) C of the result (out, in)."""
     history = [] if history is None else history
     keep = mask.to(c.dtype)
     theta = theta * keep
@@ -424,7 +407,7 @@ def swap(
                 break
             continue
         sub_mask = new_mask[rows]
-        candidate, sub_grad, _ = _polish(target[rows], c, z[rows] * sub_mask, sub_mask, preconditioner,
+        candidate, sub_grad, _ = polish(target[rows], c, z[rows] * sub_mask, sub_mask, preconditioner,
                                          max_iterations=cg_iterations, tolerance=tolerance)
         sub_loss = (sub_grad.double() * (target[rows] - candidate).double()).sum(1)
         accept = sub_loss < row_loss[rows]
@@ -581,8 +564,8 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
         )
         iterations += phase
         if options.polish_iterations:
-            theta, polished = polish(target, c, theta, mask, prepared.diagonal, max_iterations=options.polish_iterations,
-                                     tolerance=options.tolerance / 10, norm=norm, history=history)
+            theta, _, polished = polish(target, c, theta, mask, prepared.diagonal, max_iterations=options.polish_iterations,
+                                        tolerance=options.tolerance / 10, norm=norm, history=history)
             iterations += polished
         if options.swap_rounds:
             theta, mask, rounds = swap(target, c, theta, mask, projector.with_counts(mask), prepared.diagonal,

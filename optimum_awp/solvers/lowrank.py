@@ -207,8 +207,8 @@ def sparse_plus_lowrank(
                 max_iterations=awp_options.max_iterations, tolerance=awp_options.tolerance,
                 momentum=awp_options.momentum, bf16_products=awp_options.bf16_products,
             )
-            new_s, polished = polish(refit_target, prepared.c, new_s, new_mask, prepared.diagonal,
-                                     max_iterations=awp_options.polish_iterations, tolerance=awp_options.tolerance / 10)
+            new_s, _, polished = polish(refit_target, prepared.c, new_s, new_mask, prepared.diagonal,
+                                        max_iterations=awp_options.polish_iterations, tolerance=awp_options.tolerance / 10)
             iterations += its + polished
             new_loss = damped_objective(target, new_s.to(torch.float64) + low, c64)
             if new_loss < loss:

@@ -258,8 +258,8 @@ def test_polish_reaches_the_optimum_of_the_fixed_support_and_never_increases_l()
     mask = get_solver("wanda")(weight, stats, CompressionSpec(sparsity=0.5)).mask
     start = weight * mask
     history = []
-    theta, iterations = polish(weight, c, start, mask, torch.diagonal(c).clone(), max_iterations=32, tolerance=0.0,
-                               history=history)
+    theta, _, iterations = polish(weight, c, start, mask, torch.diagonal(c).clone(), max_iterations=32, tolerance=0.0,
+                                  history=history)
     assert torch.equal(theta != 0, mask & (theta != 0)), "nothing off the support"
     optimum = _support_optimum(weight, stats.covariance, mask)
     assert torch.allclose(theta.double(), optimum, atol=1e-3)
