@@ -70,11 +70,9 @@ class AWPEmbedding(nn.Module):
         super().__init__()
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype (the model dtype), got {dtype}.")
-        shapes = get_format(FORMAT).buffer_shapes(num_embeddings, embedding_dim, group_size, symmetric, dtype)
-        for name, (shape, buffer_dtype) in shapes.items():
-            self.register_buffer(name, torch.empty(shape, dtype=buffer_dtype, device=device))
+        self._packed_names = get_format(FORMAT).register_buffers(self, num_embeddings, embedding_dim, group_size,
+                                                                 symmetric, dtype, device)
         self.register_buffer("embed_scale", torch.ones((), dtype=torch.float32, device=device))
-        self._packed_names = tuple(shapes)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx

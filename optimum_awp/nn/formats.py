@@ -364,6 +364,17 @@ class Format:
         self.check_shape(out_features, in_features, group_size)
         return self.shapes(out_features, in_features, group_size, symmetric, dtype)
 
+    def register_buffers(
+        self, module: "torch.nn.Module", out_features: int, in_features: int, group_size: int, symmetric: bool,
+        dtype: torch.dtype, device: torch.device | str | None = None,
+    ) -> tuple[str, ...]:
+        """Register this format's buffers on ``module``, empty, at their shapes and dtypes (``buffer_shapes``);
+        returns their names in order (the module's packed tensors)."""
+        shapes = self.buffer_shapes(out_features, in_features, group_size, symmetric, dtype)
+        for name, (shape, buffer_dtype) in shapes.items():
+            module.register_buffer(name, torch.empty(shape, dtype=buffer_dtype, device=device))
+        return tuple(shapes)
+
 
 FORMATS: dict[str, Format] = {}
 

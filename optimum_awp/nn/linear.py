@@ -59,10 +59,8 @@ class AWPLinear(nn.Module):
         self.format = fmt.name
         self.group_size = group_size if fmt.quantized else -1
         self.symmetric = bool(symmetric) if fmt.quantized else True
-        shapes = fmt.buffer_shapes(out_features, in_features, self.group_size, self.symmetric, dtype)
-        for name, (shape, buffer_dtype) in shapes.items():
-            self.register_buffer(name, torch.empty(shape, dtype=buffer_dtype, device=device))
-        self._packed_names = tuple(shapes)
+        self._packed_names = fmt.register_buffers(self, out_features, in_features, self.group_size, self.symmetric,
+                                                  dtype, device)
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
         self._kernel_cache: dict = {}
         self._dispatch: dict = {}

@@ -46,6 +46,8 @@ support whose objective is 1.4x ALPS's on Gemma-3-270M at 70 %. Three ways out, 
   ``alps.py``), in the scope's set; AWP's iterations, polish and exchanges then only lower L;
 - ``anneal_iterations``: gradual pruning from the dense weight (a top-k that tightens to the target).
 
+They, and the fixed-support CG polish, live in ``awp_support.py``.
+
 Cost: one (out, in) @ (in, in) product per iteration (momentum needs no extra product: the
 residual is affine in Θ); the objective of the new iterate comes
 from the same product, and the sparsity projection only re-sorts the rows whose support would
@@ -65,9 +67,9 @@ import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
 from .options import SolverOptions, option
-from .projections import Projected, check_problem, keep_count, nm_mask, sparsity_mask, topk_mask
+from .awp_support import anneal, polish, residual_product, start_point, swap
+from .projections import Projected, check_problem, keep_count, nm_mask, topk_mask
 from .sparsegpt import obs_compress
-from .wanda import wanda_mask
 
 logger = logging.getLogger(__name__)
 
@@ -190,22 +192,6 @@ class SparseProjector:
         return new
 
 
-def _objective(
-    target: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, c_product: torch.Tensor | None = None
-) -> tuple[torch.Tensor, float]:
-    """Residual product G = (W - Θ) C (out, in) and L = tr(G (W - Θ)ᵀ), for W, Θ (out, in), C (in, in).
-
-    ``c_product``: C in a lower precision (bfloat16) to compute the product in; G comes back in
-    C's dtype and L is summed there.
-    """
-    delta = target - theta
-    if c_product is None:
-        grad = delta @ c
-    else:
-        grad = (delta.to(c_product.dtype) @ c_product).to(delta.dtype)
-    return grad, float(torch.dot(grad.reshape(-1), delta.reshape(-1)))
-
-
 def iht(
     target: torch.Tensor,
     c: torch.Tensor,
@@ -233,7 +219,7 @@ def iht(
     """
     history = [] if history is None else history
     c_product = c.to(torch.bfloat16) if bf16_products else None
-    grad, loss = _objective(target, c, theta, c_product)
+    grad, loss = residual_product(target, c, theta, c_product)
     best = (loss, theta, mask)
     prev_theta = prev_grad = None
     restart = 1
@@ -250,7 +236,7 @@ def iht(
         z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
         new_mask = projector(z if scale is None else z * scale, mask)
         new_theta = z.mul_(new_mask)
-        new_grad, new_loss = _objective(target, c, new_theta, c_product)
+        new_grad, new_loss = residual_product(target, c, new_theta, c_product)
         history.append(new_loss / norm)
         change = abs(loss - new_loss) / max(loss, 1e-30)
         restart = 1 if new_loss > loss else restart + 1
@@ -261,165 +247,6 @@ def iht(
         if change < tolerance:
             break
     return best[1], best[2], iterations
-
-
-def anneal(
-    target: torch.Tensor,
-    c: torch.Tensor,
-    projector: SparseProjector,
-    step: torch.Tensor | float,
-    *,
-    scale: torch.Tensor | None = None,
-    iterations: int = 50,
-    power: float = 3.0,
-    momentum: bool = True,
-    bf16_products: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradual pruning from the dense weight: projected gradient steps onto a per-row top-k_t that tightens.
-
-    k_t = k + (in - k) (1 - t / iterations)^power (row scope); for N:M the iterations keep the per-row
-    top-k_t down to in N / M and the last one projects onto N:M. Returns (Θ, its mask) on the target set.
-    """
-    out_features, in_features = target.shape
-    k = projector.k if projector.k is not None else in_features * projector.pattern[0] // projector.pattern[1]
-    c_product = c.to(torch.bfloat16) if bf16_products else None
-    theta = target.clone()
-    grad = torch.zeros_like(theta)
-    prev_theta = prev_grad = None
-    mask = None
-    for t in range(1, iterations + 1):
-        if momentum and prev_theta is not None:
-            beta = (t - 1) / (t + 2)
-            y = torch.lerp(prev_theta, theta, 1 + beta)
-            gy = torch.lerp(prev_grad, grad, 1 + beta)
-        else:
-            y, gy = theta, grad
-        z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
-        scores = (z if scale is None else z * scale).abs()
-        if t == iterations:
-            mask = projector.full(scores)
-        else:
-            kt = k + int(round((in_features - k) * (1 - t / iterations) ** power))
-            mask = topk_mask(scores, kt)
-        prev_theta, prev_grad = theta, grad
-        theta = z.mul_(mask)
-        grad = _objective(target, c, theta, c_product)[0]
-    return theta, mask
-
-
-def polish(
-    target: torch.Tensor,
-    c: torch.Tensor,
-    theta: torch.Tensor,
-    mask: torch.Tensor,
-    preconditioner: torch.Tensor,
-    *,
-    max_iterations: int = 10,
-    tolerance: float = 1e-5,
-    norm: float = 1.0,
-    history: list[float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Minimise L over the values of ``theta`` (out, in) on the fixed support ``mask`` (out, in), in C's dtype.
-
-    Jacobi-preconditioned conjugate gradients, every row its own problem (its own α, β) and all rows in
-    one (out, in) @ (in, in) product per iteration; ``preconditioner`` (in,) is diag(C) (positive).
-    Conjugate gradients never increase L, so the result is never worse than ``theta``. Stops after
-    ``max_iterations`` or when the relative change of L falls below ``tolerance``; appends ``L / norm``
-    to ``history``. Returns the polished Θ (zero off the support), the residual product G = (W - Θ) C of
-    the result (out, in), and the iterations run.
-    """
-    history = [] if history is None else history
-    keep = mask.to(c.dtype)
-    theta = theta * keep
-    grad = (target - theta) @ c  # minus half the gradient, full (its off-support part gives L)
-    loss = float(torch.dot(grad.reshape(-1), (target - theta).reshape(-1)))
-    residual = grad * keep
-    direction = residual / preconditioner
-    rz = (residual * direction).sum(1)
-    iterations = 0
-    for iterations in range(1, max_iterations + 1):
-        product = direction @ c
-        curvature = (direction * product).sum(1)
-        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
-        theta = theta.addcmul_(alpha.unsqueeze(1), direction)
-        grad = grad.addcmul_(alpha.unsqueeze(1), product, value=-1.0)
-        new_loss = float(torch.dot(grad.reshape(-1), (target - theta).reshape(-1)))
-        history.append(new_loss / norm)
-        change = abs(loss - new_loss) / max(loss, 1e-30)
-        loss = new_loss
-        if change < tolerance:
-            break
-        residual = grad * keep
-        z = residual / preconditioner
-        rz_new = (residual * z).sum(1)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
-        direction = z.addcmul_(beta.unsqueeze(1), direction)
-        rz = rz_new
-    return theta, grad, iterations
-
-
-def swap(
-    target: torch.Tensor,
-    c: torch.Tensor,
-    theta: torch.Tensor,
-    mask: torch.Tensor,
-    projector: SparseProjector,
-    preconditioner: torch.Tensor,
-    *,
-    rounds: int = 10,
-    cg_iterations: int = 10,
-    tolerance: float = 1e-5,
-    norm: float = 1.0,
-    history: list[float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Support exchanges with exact per-row acceptance (hard thresholding pursuit with a unit Jacobi step).
-
-    At a point stationary on its support, dropping kept entry i costs θ_i² C_ii and adding dropped entry j
-    (at its best value g_j / C_jj, G = (W - Θ) C) gains g_j² / C_jj, cross terms aside. Each round takes
-    Z = Θ + t_r G / diag(C) (``preconditioner`` = diag(C), (in,)) and the projector's support of
-    |Z| sqrt(diag C): with the row's step factor t_r = 1 that exchanges every kept entry for every dropped
-    one that gains more than it costs (IHT's step 1/λ_max(D^-1/2 C D^-1/2) only does so when the gain is
-    λ² times the cost, which is why IHT stalls at a support ALPS improves on). Every row whose support
-    changes gets ``cg_iterations`` CG iterations on its new support and keeps the new row only when its
-    objective is lower (rows are independent: L is their sum), so L never increases. A row that refuses
-    quarters its t_r (fewer, surer exchanges), one that accepts doubles it (up to 1); a row whose t_r falls
-    below 1/64 stops. Needs a per-row projector (row scope or N:M). ``theta``, ``mask`` are updated in
-    place. Returns (Θ, its support, rounds run); appends L / norm after each round to ``history``.
-    """
-    history = [] if history is None else history
-    root = preconditioner.sqrt()
-    delta = target - theta
-    grad = delta @ c
-    row_loss = (grad.double() * delta.double()).sum(1)
-    factor = torch.ones(theta.shape[0], dtype=theta.dtype, device=theta.device)
-    done = 0
-    for done in range(1, rounds + 1):
-        active = factor >= 1 / 64
-        if not bool(active.any()):
-            break
-        z = torch.addcmul(theta, grad * factor.unsqueeze(1), (1 / preconditioner).unsqueeze(0))
-        new_mask = projector(z * root, mask)
-        changed = (new_mask ^ mask).any(1) & active
-        rows = changed.nonzero().flatten()
-        factor = torch.where(changed | ~active, factor, (factor * 2).clamp(max=1))
-        if rows.numel() == 0:
-            if bool((factor[active] >= 1).all()):
-                break
-            continue
-        sub_mask = new_mask[rows]
-        candidate, sub_grad, _ = polish(target[rows], c, z[rows] * sub_mask, sub_mask, preconditioner,
-                                         max_iterations=cg_iterations, tolerance=tolerance)
-        sub_loss = (sub_grad.double() * (target[rows] - candidate).double()).sum(1)
-        accept = sub_loss < row_loss[rows]
-        taken = rows[accept]
-        theta[taken] = candidate[accept]
-        grad[taken] = sub_grad[accept]
-        mask[taken] = sub_mask[accept]
-        row_loss[taken] = sub_loss[accept]
-        factor[taken] = (factor[taken] * 2).clamp(max=1)
-        factor[rows[~accept]] /= 4
-        history.append(float(row_loss.sum()) / norm)
-    return theta, mask, done
 
 
 def least_squares_scales(
@@ -465,33 +292,6 @@ def least_squares_scales(
         new_scales[r0:r1] = torch.where(ok.unsqueeze(1), solution.to(scales.dtype), scales[r0:r1])
     dequant = (centred.to(torch.float32) * new_scales.unsqueeze(-1)).reshape(out_features, in_features)
     return dequant, new_scales
-
-
-def _start(
-    weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, init: str, per_row: bool = True,
-    damping: float = 0.01,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A sparse start (Θ0 (out, in) float32, mask (out, in)) from the ``init`` method (pruning only).
-
-    Computed directly (not through the registry) so that no objective is evaluated. With ``per_row``
-    SparseGPT chooses its unstructured mask within each row, so its start is in the row-scope set;
-    without, it uses the reference's mask over each block of all rows (rows of unequal sparsity,
-    for the layer scope).
-    """
-    sparse_spec = CompressionSpec(sparsity=spec.sparsity, pattern=spec.pattern)
-    w = weight.to(torch.float32)
-    if init == "sparsegpt":
-        point = obs_compress(w, covariance, sparse_spec, per_row=per_row and spec.pattern is None)
-        return point.weight, point.mask
-    if init == "alps":
-        from .alps import ALPSOptions
-        from .alps import solve as alps_solve
-
-        result = alps_solve(w, LayerStats(covariance=covariance), sparse_spec,
-                            ALPSOptions(scope="row" if per_row else "layer", damping=damping))
-        return result.weight, result.mask
-    mask = wanda_mask(w, covariance, sparse_spec) if init == "wanda" else sparsity_mask(w, sparse_spec)
-    return w * mask, mask
 
 
 @dataclass(frozen=True)
@@ -551,7 +351,7 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
                                    bf16_products=options.bf16_products)
             iterations += options.anneal_iterations
         else:
-            theta0, mask0 = _start(weight, stats.covariance, spec, options.init, per_row=options.scope == "row",
+            theta0, mask0 = start_point(weight, stats.covariance, spec, options.init, per_row=options.scope == "row",
                                    damping=options.damping)
         if projector.layer and int(mask0.sum()) > projector.k * out_features:
             # SparseGPT's block-wise rounding may keep a few more than the layer's count: trim them
@@ -583,9 +383,9 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     # OBS rounding of the sparse optimum Θ_S: when Θ_S is stationary on its support,
     # L(Q) = L(Θ_S) + ||(Θ_S - Q) C^1/2||², so Θ_S (not W) is the right target
     point = obs_compress(theta, stats.covariance, spec, mask=mask)
-    best_loss = _objective(target, c, point.weight)[1]
+    best_loss = residual_product(target, c, point.weight)[1]
     dequant, scales = least_squares_scales(target, c, point.codes, point.scales, point.zeros, spec.bits)
-    loss = _objective(target, c, dequant)[1]
+    loss = residual_product(target, c, dequant)[1]
     if loss < best_loss:
         point = Projected(dequant, point.mask, point.codes, scales, point.zeros)
         best_loss = loss

@@ -37,9 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .awp import AWPOptions, SparseProjector, iht, polish, prepare_covariance
+from .awp import AWPOptions, SparseProjector, iht, prepare_covariance
 from .awp import _prepare as awp_prepare
 from .awp import solve as awp_solve
+from .awp_support import polish
 from .base import (
     CompressionSpec,
     LayerStats,

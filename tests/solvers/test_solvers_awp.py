@@ -17,9 +17,9 @@ from optimum_awp.solvers.awp import (
     SparseProjector,
     lambda_max,
     least_squares_scales,
-    polish,
     prepare_covariance,
 )
+from optimum_awp.solvers.awp_support import polish
 from optimum_awp.solvers.sparsegpt import obs_compress
 
 # the monotone variant (exact projection, no momentum, the undamped objective, float32 products): L never increases

@@ -5,7 +5,8 @@ import torch
 from awp_solver_helpers import correlated_problem, output_error
 
 from optimum_awp.solvers import CompressionSpec, get_solver
-from optimum_awp.solvers.awp import SparseProjector, prepare_covariance, swap
+from optimum_awp.solvers.awp import SparseProjector, prepare_covariance
+from optimum_awp.solvers.awp_support import swap
 
 # the exchange phase alone, from the same point: no momentum, float32 products, no polish
 PLAIN = {"init": "wanda", "scope": "row", "bf16_products": False, "polish_iterations": 0, "momentum": False,
