@@ -67,7 +67,7 @@ import torch
 
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
 from .options import SolverOptions, option
-from .awp_support import anneal, polish, residual_product, start_point, swap
+from .awp_support import anneal, gradient_step, polish, residual_product, start_point, swap
 from .projections import Projected, check_problem, keep_count, nm_mask, topk_mask
 from .sparsegpt import obs_compress
 
@@ -225,15 +225,8 @@ def iht(
     restart = 1
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        if momentum and prev_theta is not None:
-            beta = (restart - 1) / (restart + 2)
-            # Y = Θ + β (Θ - Θ_prev) and (W - Y) C = (1 + β) G - β G_prev (affine in Θ: no extra product),
-            # each as one fused lerp
-            y = torch.lerp(prev_theta, theta, 1 + beta)
-            gy = torch.lerp(prev_grad, grad, 1 + beta)
-        else:
-            y, gy = theta, grad
-        z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
+        previous = (prev_theta, prev_grad) if momentum and prev_theta is not None else None
+        z = gradient_step(theta, grad, step, previous, beta=(restart - 1) / (restart + 2))
         new_mask = projector(z if scale is None else z * scale, mask)
         new_theta = z.mul_(new_mask)
         new_grad, new_loss = residual_product(target, c, new_theta, c_product)

@@ -44,6 +44,27 @@ def residual_product(
     return grad, float(torch.dot(grad.reshape(-1), delta.reshape(-1)))
 
 
+def gradient_step(
+    theta: torch.Tensor,
+    grad: torch.Tensor,
+    step: torch.Tensor | float,
+    previous: tuple[torch.Tensor, torch.Tensor] | None = None,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """Z = Y + η G_Y, the point a projected-gradient step projects (out, in); ``step`` η is a float or (in,).
+
+    Without ``previous`` Y = Θ and G_Y = G = (W − Θ) C. With ``previous`` = (Θ_prev, G_prev), Nesterov's
+    Y = Θ + β (Θ − Θ_prev), whose residual product is (1 + β) G − β G_prev (affine in Θ: no extra product),
+    each as one fused lerp.
+    """
+    if previous is not None:
+        y = torch.lerp(previous[0], theta, 1 + beta)
+        gy = torch.lerp(previous[1], grad, 1 + beta)
+    else:
+        y, gy = theta, grad
+    return torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
+
+
 def anneal(
     target: torch.Tensor,
     c: torch.Tensor,
@@ -69,13 +90,8 @@ def anneal(
     prev_theta = prev_grad = None
     mask = None
     for t in range(1, iterations + 1):
-        if momentum and prev_theta is not None:
-            beta = (t - 1) / (t + 2)
-            y = torch.lerp(prev_theta, theta, 1 + beta)
-            gy = torch.lerp(prev_grad, grad, 1 + beta)
-        else:
-            y, gy = theta, grad
-        z = torch.add(y, gy, alpha=step) if isinstance(step, float) else torch.addcmul(y, gy, step)
+        previous = (prev_theta, prev_grad) if momentum and prev_theta is not None else None
+        z = gradient_step(theta, grad, step, previous, beta=(t - 1) / (t + 2))
         scores = (z if scale is None else z * scale).abs()
         if t == iterations:
             mask = projector.full(scores)
