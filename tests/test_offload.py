@@ -10,7 +10,8 @@ from accelerate.utils import align_module_device
 from tiny_models import random_ids, tiny_llama
 from transformers import AutoModelForCausalLM
 
-from optimum_awp.calibration import decoder_layers, offloaded_modules, onloaded
+from optimum_awp.calibration import decoder_layers
+from optimum_awp.offload import offloaded_modules, onloaded
 from optimum_awp.compress import compress
 from optimum_awp.config import AWPConfig
 from optimum_awp.quantizer import check_loadable
