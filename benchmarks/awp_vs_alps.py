@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from optimum_awp.solvers import CompressionSpec, LayerStats, get_solver, relative_objective
-from optimum_awp.solvers import awp as awp_module
+from optimum_awp.solvers import shared
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -132,7 +132,7 @@ def main() -> None:
             line = {"setting": setting, "layer": key}
             for variant in heads:
                 solver, options = VARIANTS[variant]
-                awp_module._LAST.clear()  # every variant prepares its own C (no sharing between runs)
+                shared.clear()  # every variant prepares its own C (no sharing between runs)
                 tic = time.perf_counter()
                 result = get_solver(solver)(weight, stats, spec, **options)
                 seconds = time.perf_counter() - tic

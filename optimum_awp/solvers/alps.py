@@ -47,7 +47,8 @@ tests the unrestricted residual ‖A X - Y‖, which does not vanish, so it alwa
 iterations); on a restart only D and V are reset (the reference's reset of B is overwritten by the next ridge
 step unless the loop stops right there); the reference's objective printouts are not computed. Cost: one (out, in) @ (in, in)
 product per ADMM iteration (two when in > 3 out, where forming (A + ρ I)^-1 at each ρ change would
-cost more), one eigendecomposition of A (float64), and one product per CG iteration.
+cost more), one eigendecomposition of A (float64; once per group of linears fed the same input, ``shared``), and one
+product per CG iteration.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from .awp import SCOPES, prepare_covariance
 from .base import CompressionSpec, LayerStats, SolverResult, register_solver
 from .options import SolverOptions, option
 from .projections import Projected, check_problem, keep_count, nm_mask
+from .shared import shared
 from .sparsegpt import obs_compress
 
 logger = logging.getLogger(__name__)
@@ -116,18 +118,16 @@ class Projector:
 
 
 class _RidgeSolver:
-    """``R ↦ R (A + ρ I)^-1`` for R (out, in), A (in, in) symmetric PSD, from one float64 eigh of A.
+    """``R ↦ R (A + ρ I)^-1`` for R (out, in), A (in, in) symmetric PSD, from A's eigendecomposition.
 
     Forms the inverse (float32 (in, in)) at each new ρ when that is cheaper than applying the
     eigenvectors twice per call (``in <= 3 out``, the cost of 3 calls per ρ change), else applies
     ``((R Q) / (λ + ρ)) Qᵀ``.
     """
 
-    def __init__(self, a: torch.Tensor, out_features: int):
-        values, vectors = torch.linalg.eigh(a.to(torch.float64))
-        self.values = values.clamp(min=0)
-        self.vectors = vectors.to(torch.float32)
-        self.form = a.shape[0] <= 3 * out_features
+    def __init__(self, spectrum: tuple[torch.Tensor, torch.Tensor], out_features: int):
+        self.values, self.vectors = spectrum
+        self.form = self.vectors.shape[0] <= 3 * out_features
         self.rho: float | None = None
         self.inverse: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
@@ -146,8 +146,18 @@ class _RidgeSolver:
         return ((r @ self.vectors) * self.scale) @ self.vectors.T
 
 
+def spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A's eigenvalues (in,) float64, clamped at 0, and eigenvectors (in, in) float32, from one float64 eigh."""
+    values, vectors = torch.linalg.eigh(a.to(torch.float64))
+    return values.clamp(min=0), vectors.to(torch.float32)
+
+
 def admm(
-    target: torch.Tensor, a: torch.Tensor, projector: Projector, options: ALPSOptions
+    target: torch.Tensor,
+    a: torch.Tensor,
+    projector: Projector,
+    options: ALPSOptions,
+    eigen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, list[float]]:
     """The reference's ADMM with its ρ schedule, in normalised coordinates.
 
@@ -157,13 +167,14 @@ def admm(
         projector: the exact sparsity projection (scope / N:M of the spec); its ``kept`` count is the
             support-change ratio's denominator.
         options: the iteration caps and schedule constants.
+        eigen: ``spectrum(a)`` when already computed (linears fed the same input share it).
 
     Returns:
         (B projected on the support of Proj(B) (out, in), that support bool (out, in), iterations
         run, the support-change ratio at each penalty update).
     """
     y = target @ a
-    ridge = _RidgeSolver(a, target.shape[0])
+    ridge = _RidgeSolver(eigen if eigen is not None else spectrum(a), target.shape[0])
     rho = float(options.rho)
     ridge.set_rho(rho)
     d_mask = projector(target)
@@ -254,6 +265,33 @@ def masked_cg(
     return x, done
 
 
+@dataclass(frozen=True)
+class Coordinates:
+    """The reference's normalised coordinates of one covariance, shared by the linears fed it (``shared``).
+
+    ``dead``: inputs with C_jj <= 0 (in,) bool; ``root``: d = sqrt(diag C_damped) + 1e-8 (in,);
+    ``a``: A = D^-1/2 C_damped D^-1/2 (in, in) float32; ``eigen``: ``spectrum(a)``.
+    """
+
+    dead: torch.Tensor
+    root: torch.Tensor
+    a: torch.Tensor
+    eigen: tuple[torch.Tensor, torch.Tensor]
+
+
+def normalise(covariance: torch.Tensor, damping: float) -> Coordinates:
+    """``Coordinates`` of ``covariance`` (in, in) damped by ``damping * mean(diag)``, computed once per tensor."""
+    return shared(covariance, ("alps", damping), lambda: _compute_coordinates(covariance, damping))
+
+
+def _compute_coordinates(covariance: torch.Tensor, damping: float) -> Coordinates:
+    """What ``normalise`` keeps: the damped C scaled to unit diagonal, and its eigendecomposition."""
+    c, dead = prepare_covariance(covariance, damping)
+    root = torch.diagonal(c).clamp(min=0).sqrt() + 1e-8
+    a = c / root.unsqueeze(0) / root.unsqueeze(1)
+    return Coordinates(dead, root, a, spectrum(a))
+
+
 @register_solver("alps", options=ALPSOptions, kinds=("prune", "joint"),
                  summary="ADMM with adaptive penalty + PCG on the support (Meng et al. 2024; + OBS INT4 rounding)")
 def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: ALPSOptions) -> SolverResult:
@@ -267,14 +305,13 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     if not spec.prunes:
         return Projected(weight.to(torch.float32).clone()).to_result(weight, stats.covariance)
     out_features, in_features = weight.shape
-    c, dead = prepare_covariance(stats.covariance, options.damping)
+    coordinates = normalise(stats.covariance, options.damping)
+    dead, root, a = coordinates.dead, coordinates.root, coordinates.a
     target = weight.to(torch.float32).clone()
     target[:, dead] = 0
-    root = torch.diagonal(c).clamp(min=0).sqrt() + 1e-8
-    a = c / root.unsqueeze(0) / root.unsqueeze(1)
     scaled = target * root
     projector = Projector(spec, out_features, in_features, options.scope)
-    b, mask, iterations, changes = admm(scaled, a, projector, options)
+    b, mask, iterations, changes = admm(scaled, a, projector, options, coordinates.eigen)
     exact = stats.covariance.to(torch.float32)
     history = [_relative(b / root, target, exact)]
     b, cg_done = masked_cg(a, scaled @ a, mask, b, options.cg_iterations, options.cg_tolerance)

@@ -60,7 +60,6 @@ pruned.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +68,7 @@ from .base import CompressionSpec, LayerStats, SolverResult, register_solver
 from .options import SolverOptions, option
 from .awp_support import anneal, gradient_step, polish, residual_product, start_point, swap
 from .projections import Projected, check_problem, keep_count, nm_mask, topk_mask
+from .shared import shared
 from .sparsegpt import obs_compress
 
 logger = logging.getLogger(__name__)
@@ -398,40 +398,22 @@ class _Prepared:
     diagonal: torch.Tensor
 
 
-_LAST: dict[str, object] = {}
-
-
 def _prepare(covariance: torch.Tensor, damping: float, step: str | None) -> _Prepared:
     """The damped C, its dead inputs and the step for ``covariance``, computed once per covariance tensor.
 
-    Linears fed the same input (q/k/v, gate/up) get the very same covariance tensor from the calibration
-    (``BlockStatistics``); they are solved one after the other, so the last preparation is kept, keyed on
-    the tensor's identity (a weak reference: it is dropped with the statistics) and on the options it
-    depends on. The power iteration for λ_max then runs once per group, not once per linear.
+    Linears fed the same input (q/k/v, gate/up) share it (``shared``): the power iteration for λ_max
+    runs once per group, not once per linear.
     """
-    try:
-        version = covariance._version  # an in-place change of the tensor makes it a new one
-    except RuntimeError:  # an inference-mode tensor has no version counter: never kept
-        version = None
-    key = (damping, step, version)
-    ref = _LAST.get("covariance")
-    if version is not None and ref is not None and ref() is covariance and _LAST.get("key") == key:
-        return _LAST["prepared"]  # type: ignore[return-value]
+    return shared(covariance, ("awp", damping, step), lambda: _compute_preparation(covariance, damping, step))
+
+
+def _compute_preparation(covariance: torch.Tensor, damping: float, step: str | None) -> _Prepared:
+    """What ``_prepare`` keeps: computed from ``covariance`` (in, in), the damping fraction and the step rule."""
     c, dead = prepare_covariance(covariance, damping)
     diagonal = torch.diagonal(c).clone()
     diagonal[dead | (diagonal <= 0)] = 1.0
     eta, scale = _step(c, dead, step) if step is not None else (0.0, None)
-    prepared = _Prepared(c, dead, eta, scale, diagonal)
-    _LAST.clear()
-    if version is not None:
-        _LAST.update(covariance=weakref.ref(covariance, _forget), key=key, prepared=prepared)
-    return prepared
-
-
-def _forget(ref: weakref.ref) -> None:
-    """Drop the kept preparation when its covariance is freed (and only then)."""
-    if _LAST.get("covariance") is ref:
-        _LAST.clear()
+    return _Prepared(c, dead, eta, scale, diagonal)
 
 
 def _step(c: torch.Tensor, dead: torch.Tensor, step: str) -> tuple[torch.Tensor | float, torch.Tensor | None]:

@@ -154,3 +154,35 @@ def test_bad_options_are_refused_with_the_declared_message(options, match):
     weight, stats = correlated_problem(4, 16)
     with pytest.raises(ValueError, match=match):
         get_solver("alps")(weight, stats, CompressionSpec(sparsity=0.5), **options)
+
+
+def test_layers_sharing_a_covariance_share_its_eigendecomposition(monkeypatch):
+    """q/k/v (gate/up) get the same covariance tensor: one eigh for the group (AWP's ALPS start included), again
+    for a new or changed covariance or damping, and every result equals that of a fresh computation bit for bit."""
+    import optimum_awp.solvers.alps as alps_module
+    from optimum_awp.solvers import shared
+
+    calls = []
+    real = alps_module.spectrum
+    monkeypatch.setattr(alps_module, "spectrum", lambda a: calls.append(1) or real(a))
+    weight, stats = correlated_problem(24, 64, seed=4)
+    spec = CompressionSpec(sparsity=0.6)
+    shared.clear()
+    first = get_solver("alps")(weight, stats, spec)
+    second = get_solver("alps")(weight[:8], stats, spec, scope="row")
+    started = get_solver("awp")(weight[8:], stats, spec, max_iterations=3, swap_rounds=1)
+    assert len(calls) == 1
+    shared.clear()
+    assert torch.equal(get_solver("alps")(weight[:8], stats, spec, scope="row").weight, second.weight)
+    shared.clear()
+    assert torch.equal(get_solver("awp")(weight[8:], stats, spec, max_iterations=3, swap_rounds=1).weight,
+                       started.weight)
+    assert len(calls) == 3
+    get_solver("alps")(weight, stats, spec, damping=0.1)  # another damping: another A
+    assert len(calls) == 4
+    other = type(stats)(stats.covariance.clone())
+    assert torch.equal(get_solver("alps")(weight, other, spec).weight, first.weight)
+    assert len(calls) == 5
+    other.covariance.mul_(2.0)  # changed in place: computed again
+    get_solver("alps")(weight, other, spec)
+    assert len(calls) == 6

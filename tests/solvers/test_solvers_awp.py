@@ -286,6 +286,7 @@ def test_layers_sharing_a_covariance_share_its_preparation(monkeypatch):
     """q/k/v (gate/up) get the same covariance tensor: λ_max runs once for the group, again for a new or
     changed covariance, and the results equal those of fresh preparations."""
     import optimum_awp.solvers.awp as awp_module
+    from optimum_awp.solvers import shared
 
     calls = []
     real = awp_module.lambda_max
@@ -295,7 +296,7 @@ def test_layers_sharing_a_covariance_share_its_preparation(monkeypatch):
     first = get_solver("awp")(weight, stats, spec, max_iterations=5)
     second = get_solver("awp")(weight[:8], stats, spec, max_iterations=5)
     assert len(calls) == 1
-    awp_module._LAST.clear()
+    shared.clear()
     assert torch.equal(get_solver("awp")(weight[:8], stats, spec, max_iterations=5).weight, second.weight)
     assert len(calls) == 2
     other = LayerStats(stats.covariance.clone())
