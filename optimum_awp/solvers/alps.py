@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -158,6 +159,7 @@ def admm(
     projector: Projector,
     options: ALPSOptions,
     eigen: tuple[torch.Tensor, torch.Tensor] | None = None,
+    rhs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, list[float]]:
     """The reference's ADMM with its ρ schedule, in normalised coordinates.
 
@@ -168,12 +170,13 @@ def admm(
             support-change ratio's denominator.
         options: the iteration caps and schedule constants.
         eigen: ``spectrum(a)`` when already computed (linears fed the same input share it).
+        rhs: Y = target @ a when already computed (the PCG needs it too).
 
     Returns:
         (B projected on the support of Proj(B) (out, in), that support bool (out, in), iterations
         run, the support-change ratio at each penalty update).
     """
-    y = target @ a
+    y = target @ a if rhs is None else rhs
     ridge = _RidgeSolver(eigen if eigen is not None else spectrum(a), target.shape[0])
     rho = float(options.rho)
     ridge.set_rho(rho)
@@ -292,6 +295,44 @@ def _compute_coordinates(covariance: torch.Tensor, damping: float) -> Coordinate
     return Coordinates(dead, root, a, spectrum(a))
 
 
+class Pruned(NamedTuple):
+    """ALPS's pruned point and how it was reached (``prune``).
+
+    ``theta``: Θ = B_S / d after the PCG, float32 (out, in); ``mask``: its support, bool (out, in);
+    ``admm_point``: the ADMM's last iterate on that support, in the original coordinates (out, in);
+    ``target``: W float32 with the dead inputs' columns zeroed (out, in); ``iterations``: ADMM
+    iterations; ``cg_iterations``: PCG iterations; ``changes``: the support-change ratio at each
+    penalty update.
+    """
+
+    theta: torch.Tensor
+    mask: torch.Tensor
+    admm_point: torch.Tensor
+    target: torch.Tensor
+    iterations: int
+    cg_iterations: int
+    changes: list[float]
+
+
+def prune(weight: torch.Tensor, covariance: torch.Tensor, spec: CompressionSpec, options: ALPSOptions) -> Pruned:
+    """ALPS's ADMM support search and PCG refinement for ``weight`` (out, in) and C (in, in); no objective computed.
+
+    The sparsity of ``spec`` (unstructured or N:M) in ``options.scope``; its bits are ignored.
+    """
+    out_features, in_features = weight.shape
+    coordinates = normalise(covariance, options.damping)
+    root, a = coordinates.root, coordinates.a
+    target = weight.to(torch.float32).clone()
+    target[:, coordinates.dead] = 0
+    scaled = target * root
+    rhs = scaled @ a
+    projector = Projector(spec, out_features, in_features, options.scope)
+    b, mask, iterations, changes = admm(scaled, a, projector, options, coordinates.eigen, rhs)
+    admm_point = b / root
+    b, cg_iterations = masked_cg(a, rhs, mask, b, options.cg_iterations, options.cg_tolerance)
+    return Pruned((b / root) * mask, mask, admm_point, target, iterations, cg_iterations, changes)
+
+
 @register_solver("alps", options=ALPSOptions, kinds=("prune", "joint"),
                  summary="ADMM with adaptive penalty + PCG on the support (Meng et al. 2024; + OBS INT4 rounding)")
 def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, options: ALPSOptions) -> SolverResult:
@@ -304,30 +345,29 @@ def solve(weight: torch.Tensor, stats: LayerStats, spec: CompressionSpec, option
     check_problem(weight, stats, spec)
     if not spec.prunes:
         return Projected(weight.to(torch.float32).clone()).to_result(weight, stats.covariance)
-    out_features, in_features = weight.shape
-    coordinates = normalise(stats.covariance, options.damping)
-    dead, root, a = coordinates.dead, coordinates.root, coordinates.a
-    target = weight.to(torch.float32).clone()
-    target[:, dead] = 0
-    scaled = target * root
-    projector = Projector(spec, out_features, in_features, options.scope)
-    b, mask, iterations, changes = admm(scaled, a, projector, options, coordinates.eigen)
-    exact = stats.covariance.to(torch.float32)
-    history = [_relative(b / root, target, exact)]
-    b, cg_done = masked_cg(a, scaled @ a, mask, b, options.cg_iterations, options.cg_tolerance)
-    theta = (b / root) * mask
-    history.append(_relative(theta, target, exact))
+    pruned = prune(weight, stats.covariance, spec, options)
+    relative = _Relative(pruned.target, stats.covariance)
+    history = [relative(pruned.admm_point), relative(pruned.theta)]
     logger.debug("alps %s: %d ADMM iterations (support changes %s), %d CG, objective %.4g -> %.4g",
-                 tuple(weight.shape), iterations, [f"{s:.2g}" for s in changes[-4:]], cg_done, *history)
+                 tuple(weight.shape), pruned.iterations, [f"{s:.2g}" for s in pruned.changes[-4:]],
+                 pruned.cg_iterations, *history)
     if not spec.quantizes:
-        return Projected(theta, mask).to_result(weight, stats.covariance, iterations=iterations, history=history)
-    point = obs_compress(theta, stats.covariance, spec, damping=options.damping, mask=mask)
-    history.append(_relative(point.weight, target, exact))
-    return point.to_result(weight, stats.covariance, iterations=iterations, history=history)
+        point = Projected(pruned.theta, pruned.mask)
+        return point.to_result(weight, stats.covariance, iterations=pruned.iterations, history=history)
+    point = obs_compress(pruned.theta, stats.covariance, spec, damping=options.damping, mask=pruned.mask)
+    history.append(relative(point.weight))
+    return point.to_result(weight, stats.covariance, iterations=pruned.iterations, history=history)
 
 
-def _relative(theta: torch.Tensor, target: torch.Tensor, c: torch.Tensor) -> float:
-    """tr((W - Θ) C (W - Θ)ᵀ) / tr(W C Wᵀ) for Θ, W (out, in) and C (in, in), in float32 (for the history)."""
-    delta = target - theta
-    norm = float(((target @ c) * target).sum())
-    return float(((delta @ c) * delta).sum()) / (norm if norm > 0 else 1.0)
+class _Relative:
+    """Θ ↦ tr((W - Θ) C (W - Θ)ᵀ) / tr(W C Wᵀ), Θ and W (out, in), C (in, in), float32 (for the history)."""
+
+    def __init__(self, target: torch.Tensor, covariance: torch.Tensor):
+        self.target = target
+        self.c = covariance.to(torch.float32)
+        norm = float(((target @ self.c) * target).sum())
+        self.norm = norm if norm > 0 else 1.0
+
+    def __call__(self, theta: torch.Tensor) -> float:
+        delta = self.target - theta
+        return float(((delta @ self.c) * delta).sum()) / self.norm

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import CompressionSpec, LayerStats
+from .base import CompressionSpec
 from .projections import sparsity_mask, topk_mask
 from .sparsegpt import obs_compress
 from .wanda import wanda_mask
@@ -237,10 +237,10 @@ def start_point(
         return point.weight, point.mask
     if init == "alps":
         from .alps import ALPSOptions
-        from .alps import solve as alps_solve
+        from .alps import prune as alps_prune
 
-        result = alps_solve(w, LayerStats(covariance=covariance), sparse_spec,
-                            ALPSOptions(scope="row" if per_row else "layer", damping=damping))
-        return result.weight, result.mask
+        options = ALPSOptions(scope="row" if per_row else "layer", damping=damping)
+        pruned = alps_prune(w, covariance, sparse_spec, options)
+        return pruned.theta, pruned.mask
     mask = wanda_mask(w, covariance, sparse_spec) if init == "wanda" else sparsity_mask(w, sparse_spec)
     return w * mask, mask
