@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from .nn.embedding import AWPEmbedding, AWPTiedHead, embedding_scale
-from .nn.formats import dequantize_int4, get_format
+from .nn.formats import get_format
+from .nn.packing import dequantize_int4
 from .nn.linear import AWPLinear
 from .solvers.projections import _grouped, grid_params, quantize_with
 

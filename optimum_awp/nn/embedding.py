@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import dequantize_int4, get_format, pack_int4, unpack_int4
+from .formats import get_format
+from .packing import dequantize_int4, pack_int4, unpack_int4
 from .linear import AWPLinear
 
 FORMAT = "int4"

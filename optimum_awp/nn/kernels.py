@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .formats import INT4_SYMMETRIC_ZERO, get_format
+from .formats import get_format
+from .packing import INT4_SYMMETRIC_ZERO
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from . import kernels
-from .formats import INT4_SYMMETRIC_ZERO, get_format
+from .formats import get_format
+from .packing import INT4_SYMMETRIC_ZERO
 
 logger = logging.getLogger(__name__)
 

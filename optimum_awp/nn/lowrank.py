@@ -32,7 +32,8 @@ from functools import cache
 import torch
 
 from . import kernels
-from .formats import Format, _check_2d, pack_2of4, register_format_family, unpack_2of4
+from .formats import Format, register_format_family
+from .packing import _check_2d, pack_2of4, unpack_2of4
 
 FAMILY = "lowrank"
 _NAME = re.compile(r"^(?:(?P<sparse>2:4|bitmap-k(?P<k>[1-9][0-9]*))\+)?lowrank-r(?P<rank>[1-9][0-9]*)$")

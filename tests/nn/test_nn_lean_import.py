@@ -17,7 +17,7 @@ def test_import_does_not_initialize_cuda():
         import torch
         import optimum_awp
         import optimum_awp.nn
-        from optimum_awp.nn import AWPLinear, formats, kernels, linear
+        from optimum_awp.nn import AWPLinear, formats, kernels, linear, packing
         print(torch.cuda.is_initialized())
         """
     )
