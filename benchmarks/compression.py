@@ -109,6 +109,11 @@ def worker(job: dict) -> dict:
             "mean_objective": report.mean_objective}
 
 
+def now() -> str:
+    """The UTC time, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+
+
 def run_child(job: dict, timeout: float | None = None) -> dict:
     """Run one worker in a fresh interpreter; returns its figures with the load average before and after."""
     before = uptime()
@@ -161,12 +166,23 @@ def write(out: Path, data: dict) -> None:
         lines += ["## Embedded model: Gemma-3-270M (dequantized Q4_K_M GGUF), float32",
                   "", f"Calibration {meta.get('nsamples')} x {meta.get('seqlen')} tokens of Wikipedia (gensim sample); "
                   "INT4 group 128.", "",
-                  "| setting | method | time (s) | peak RSS (MiB) | RSS after load (MiB) | mean layer objective | load before / after |",
-                  "|---|---|---:|---:|---:|---:|---|"]
-        for key, r in data["embedded"].items():
+                  "| setting | method | time (s) | time / SparseGPT | peak RSS (MiB) | RSS after load (MiB) | "
+                  "mean layer objective | load before / after |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        embedded = data["embedded"]
+        for key, r in embedded.items():
             setting, method = key.split("/")
-            lines.append(f"| {setting} | {method} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+            base = embedded.get(f"{setting}/sparsegpt")
+            ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "—"
+            lines.append(f"| {setting} | {method} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mib']:.0f} | "
                          f"{r['rss_after_load_mib']:.0f} | {r['mean_objective']:.4f} | {r['load_before']} / {r['load_after']} |")
+        lines.append("")
+        for setting in dict.fromkeys(key.split("/")[0] for key in embedded):
+            awp, base = embedded.get(f"{setting}/awp"), embedded.get(f"{setting}/sparsegpt")
+            if awp and base:
+                ratio = awp["seconds"] / base["seconds"]
+                lines.append(f"- AWP (default) time / SparseGPT at {setting}: {ratio:.2f} (target <= 1.0): "
+                             f"{'met' if ratio <= 1.0 else '**MISSED**'}")
         lines.append("")
     if data.get("scaling"):
         s = data["scaling"]
@@ -184,7 +200,12 @@ def write(out: Path, data: dict) -> None:
                          f"{r['load_before']} / {r['load_after']} |")
         lines += ["", "![time and peak RSS vs blocks and width](compression.png)", ""]
         lines += targets(s)
-    lines += ["", f"Command: `{meta['command']}`; dates (UTC): {meta['started']} to {meta.get('finished', '?')}.", ""]
+    lines.append("")
+    for part, run in meta.get("runs", {}).items():
+        if data.get(part):
+            lines.append(f"Command ({part}): `{run['command']}`; dates (UTC): {run['started']} to "
+                         f"{run.get('finished', '?')}.")
+    lines.append("")
     notes = "\n"
     if out.exists() and NOTES_MARKER in out.read_text():
         notes = out.read_text().split(NOTES_MARKER, 1)[1]
@@ -290,10 +311,15 @@ def main(argv: list[str] | None = None) -> int:
 
     json_path = args.out.with_suffix(".json")
     data = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data["meta"] = {**data.get("meta", {}), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                    "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
-                    "command": " ".join(["python", "benchmarks/compression.py", *argv]),
-                    "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    meta = data["meta"] = data.get("meta", {})
+    if "command" in meta:  # a file written before the parts kept their own runs: that command made the scaling part
+        meta.setdefault("runs", {})["scaling"] = {k: meta.pop(k) for k in ("command", "started", "finished") if k in meta}
+    meta.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", torch=torch.__version__,
+                threads=args.threads or torch.get_num_threads())
+    run = {"command": " ".join(["python", "benchmarks/compression.py", *argv]), "started": now()}
+    for part in ("embedded", "scaling"):
+        if getattr(args, part):
+            meta.setdefault("runs", {})[part] = run
 
     def save() -> None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{layers} x {hidden} ({where}): {result}", flush=True)
                 save()
             plot(args.out, rows)
-    data["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    run["finished"] = now()
     save()
     print(f"wrote {args.out}")
     return 0
