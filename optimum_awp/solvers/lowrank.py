@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +49,7 @@ from .base import (
 )
 from .options import SolverOptions, option
 from .projections import check_problem
+from .shared import shared
 
 logger = logging.getLogger(__name__)
 
@@ -146,30 +146,10 @@ def damped_objective(target: torch.Tensor, theta: torch.Tensor, c: torch.Tensor)
     return float(((delta @ c) * delta).sum())
 
 
-_LAST: dict[str, object] = {}
-
-
 def _whitening_of(covariance: torch.Tensor, damping: float) -> Whitening:
-    """``whitening(covariance, damping)``, kept for the next linear fed the same covariance tensor (q/k/v and
-    gate/up share one: the calibration gives them the very same tensor), keyed on its identity and version."""
-    try:
-        version = covariance._version
-    except RuntimeError:  # inference-mode tensor: never kept
-        version = None
-    ref = _LAST.get("covariance")
-    key = (damping, version)
-    if version is not None and ref is not None and ref() is covariance and _LAST.get("key") == key:
-        return _LAST["white"]  # type: ignore[return-value]
-    white = whitening(covariance, damping)
-    _LAST.clear()
-    if version is not None:
-        _LAST.update(covariance=weakref.ref(covariance, _forget), key=key, white=white)
-    return white
-
-
-def _forget(ref: weakref.ref) -> None:
-    if _LAST.get("covariance") is ref:
-        _LAST.clear()
+    """``whitening(covariance, damping)``, computed once per covariance tensor (q/k/v and gate/up share one:
+    the calibration gives them the very same tensor; ``shared``)."""
+    return shared(covariance, ("lowrank", damping), lambda: whitening(covariance, damping))
 
 
 def _factors(target: torch.Tensor, white: Whitening, rank: int, aware: bool) -> tuple[torch.Tensor, torch.Tensor]:
