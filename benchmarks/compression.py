@@ -101,12 +101,21 @@ def worker(job: dict) -> dict:
     loaded = peak_rss_mib()
     config = AWPConfig(method=job["method"], sparsity=sparsity, bits=bits, group_size=128,
                        nsamples=ids.shape[0], seqlen=ids.shape[1], **job.get("options", {}))
+    device = job.get("device")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     tic = time.perf_counter()
-    report = compress(model, config, ids, pack=False, progress=False)
+    report = compress(model, config, ids, pack=False, progress=False, device=device)
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - tic
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mib(), 1),
-            "rss_after_load_mib": round(loaded, 1), "rss_at_start_mib": round(base, 1),
-            "mean_objective": report.mean_objective}
+    result = {"seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mib(), 1),
+              "rss_after_load_mib": round(loaded, 1), "rss_at_start_mib": round(base, 1),
+              "mean_objective": report.mean_objective, "device": device or "cpu"}
+    if cuda:
+        result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
 
 
 def now() -> str:
@@ -172,6 +181,7 @@ def write(out: Path, data: dict) -> None:
         embedded = data["embedded"]
         for key, r in embedded.items():
             setting, method = key.split("/")
+            method += on_device(r)
             base = embedded.get(f"{setting}/sparsegpt")
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "—"
             lines.append(f"| {setting} | {method} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mib']:.0f} | "
@@ -195,7 +205,7 @@ def write(out: Path, data: dict) -> None:
                   "|---:|---:|---|---:|---:|---:|---:|---:|---|"]
         for r in s:
             budget = f"{r['max_memory'] / 2**20:.0f}" if r.get("max_memory") else "—"
-            lines.append(f"| {r['layers']} | {r['hidden']} | {r['where']} | {r['dense_bytes'] / 2**20:.0f} | {budget} | "
+            lines.append(f"| {r['layers']} | {r['hidden']} | {r['where']}{on_device(r)} | {r['dense_bytes'] / 2**20:.0f} | {budget} | "
                          f"{r['seconds']:.1f} | {r['seconds'] / r['layers']:.2f} | {r['peak_rss_mib']:.0f} | "
                          f"{r['load_before']} / {r['load_after']} |")
         lines += ["", "![time and peak RSS vs blocks and width](compression.png)", ""]
@@ -211,6 +221,14 @@ def write(out: Path, data: dict) -> None:
         notes = out.read_text().split(NOTES_MARKER, 1)[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
+
+
+def on_device(r: dict) -> str:
+    """'' for a CPU run; else ' (on cuda, peak N MiB)': where compress() solved the blocks, and its peak there."""
+    if r.get("device", "cpu") == "cpu":
+        return ""
+    peak = f", peak {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""
+    return f" (on {r['device']}{peak})"
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -300,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-nsamples", type=int, default=8)
     p.add_argument("--scaling-seqlen", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="compress(device=...): where each block is solved, e.g. cuda "
+                   "(the model stays on the CPU and every block is moved there in turn; default: the model's device)")
     p.add_argument("--scratch", type=Path, default=None, help="folder for the random checkpoints (default: a temp dir)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -333,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         for setting in args.settings:
             for method in methods:
                 job = {"kind": "embedded", "method": method, "setting": setting, "nsamples": args.nsamples,
-                       "seqlen": args.seqlen, "threads": args.threads}
+                       "seqlen": args.seqlen, "threads": args.threads, "device": args.device}
                 data["embedded"][f"{setting}/{method}"] = result = run_child(job)
                 print(f"{setting}/{method}: {result}", flush=True)
                 save()
@@ -349,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             for layers, hidden, where in plan:
                 path, size = random_llama(scratch, layers, hidden)
                 job = {"kind": "random", "path": str(path), "method": args.method, "nsamples": args.scaling_nsamples,
-                       "seqlen": args.scaling_seqlen, "threads": args.threads,
+                       "seqlen": args.scaling_seqlen, "threads": args.threads, "device": args.device,
                        "offload": None if where == "memory" else where,
                        "offload_folder": str(scratch / f"offload-{layers}x{hidden}-{where}")}
                 if where == "budget":

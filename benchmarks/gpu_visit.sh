@@ -6,6 +6,8 @@
 #      the CUDA tests of tests/nn/test_nn_kernels.py and tests/nn/test_nn_linear.py (native CPU kernels off:
 #      building them is not what this visit is for);
 #   3. python benchmarks/kernels_cuda.py --triton, spliced into a copy of docs/results/kernels_cuda.md.
+#   4. compress() on CUDA (issue 13, item 4): SparseGPT and AWP on a random 8-block Llama (hidden 2048),
+#      benchmarks/compression.py --scaling --device cuda, pages compression_cuda_{sparsegpt,awp}.md.
 # Everything lands in OUT_DIR (default $OUT, the device tool's output folder): env.txt, tests.log, bench.log and
 # kernels_cuda.md, the results page to copy over docs/results/kernels_cuda.md afterwards.
 #
@@ -22,6 +24,7 @@ OUT_DIR=${1:-${OUT:-/tmp/gpu_visit}}
 PY=${PYTHON:-python3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-330}
+COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-150}
 export PYTHONUNBUFFERED=1
 
 step() {  # step NAME COMMAND...: print, then run unless --dry-run
@@ -57,4 +60,12 @@ step "CUDA tests" bash -c "unset TRITON_INTERPRET; OPTIMUM_AWP_CPU_ISA=none time
 step "results page" cp docs/results/kernels_cuda.md "$OUT_DIR/kernels_cuda.md"
 step "Triton benchmark" bash -c "unset TRITON_INTERPRET; timeout $BENCH_TIMEOUT $PY benchmarks/kernels_cuda.py --triton \
     --out '$OUT_DIR/kernels_cuda.md' 2>&1 | tee '$OUT_DIR/bench.log'"
+
+# 4. issue 13, item 4: compress() on CUDA, SparseGPT and AWP on one random Llama-shaped model (8 blocks, hidden 2048),
+#    in memory, every block offloaded to disk, and under a max_memory budget; pages in OUT_DIR only
+for method in sparsegpt awp; do
+    step "compression on CUDA ($method)" bash -c "timeout $COMPRESS_TIMEOUT $PY benchmarks/compression.py --scaling \
+        --device cuda --method $method --depths 8 --hidden 2048 --widths 2048 --scaling-nsamples 32 \
+        --scaling-seqlen 512 --out '$OUT_DIR/compression_cuda_$method.md' 2>&1 | tee '$OUT_DIR/compression_$method.log'"
+done
 echo "== done: $(ls "$OUT_DIR")"
