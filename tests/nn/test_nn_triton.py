@@ -327,5 +327,7 @@ def test_gpu_visit_script_dry_run(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     steps = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("== ")]
-    assert steps[-4:] == ["== CUDA tests", "== results page", "== Triton benchmark", "== done"]
+    assert steps[-6:] == ["== CUDA tests", "== results page", "== Triton benchmark",
+                          "== compression on CUDA (sparsegpt)", "== compression on CUDA (awp)", "== done"]
     assert "benchmarks/kernels_cuda.py --triton" in result.stdout and "tests/nn/test_nn_triton.py" in result.stdout
+    assert "benchmarks/compression.py --scaling" in result.stdout and "--device cuda" in result.stdout
