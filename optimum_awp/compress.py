@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from .calibration import (
-    InputStatistics,
     block_linears,
     capture_block_inputs,
     decoder_layers,
@@ -37,6 +36,7 @@ from .embeddings import SYMMETRIC as EMBEDDING_SYMMETRIC
 from .embeddings import check_embeddings, compress_embeddings, embedding_names, head_covariance
 from .solvers import CompressionSpec, LayerStats, SolverResult, get_solver
 from .solvers.targets import dense_target
+from .statistics import InputStatistics
 
 logger = logging.getLogger(__name__)
 

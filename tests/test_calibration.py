@@ -9,7 +9,6 @@ from torch import nn
 from transformers import Gemma3ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from optimum_awp.calibration import (
-    BlockStatistics,
     block_linears,
     capture_block_inputs,
     decoder_layers,
@@ -18,6 +17,7 @@ from optimum_awp.calibration import (
     walk_blocks,
 )
 from optimum_awp.solvers import LayerStats
+from optimum_awp.statistics import BlockStatistics
 
 
 def tiny_llama(layers: int = 2) -> LlamaForCausalLM:
